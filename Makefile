@@ -1,0 +1,46 @@
+# softmax-lab: `make train`, `make test`, `make ui`, `make bench` (each installs first when needed).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PORT   ?= 5000
+STORE  ?= sqlite:///$(CURDIR)/outputs/mlflow.db
+ARGS   ?=
+
+.PHONY: install train test ui bench lint clean constraints
+
+install: $(STAMP)
+
+# Re-installs only when the declared dependencies or their pins change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+train: install
+	$(PY) src/train.py $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(ARGS)
+
+# The MLflow UI for the project's store (or STORE=...), on loopback only; one worker starts in seconds.
+ui: install
+	@echo "MLflow UI for $(STORE) at http://127.0.0.1:$(PORT)  (Ctrl-C stops it)"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(PY) -m mlflow server --backend-store-uri "$(STORE)" \
+		--host 127.0.0.1 --port $(PORT) --workers 1
+
+bench: install
+	$(PY) benchmarks/bench.py $(ARGS)
+
+lint: install
+	$(PY) -m ruff check src tests benchmarks
+
+clean:
+	rm -rf outputs/runs outputs/sweeps outputs/bench outputs/multirun .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# After testing newer versions together: pin exactly what is installed.
+constraints:
+	( echo "# Versions tested together on Python 3.11 (make install uses this file). Regenerate with \`make constraints\` after testing an upgrade."; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^softmax-lab' ) > constraints.txt

@@ -1,0 +1,340 @@
+"""Fashion-MNIST: read and validate the IDX files, find them, and serve them from memory.
+
+The whole data set is a few hundred MB of float32, so it lives as one tensor per split on the
+training device; a batch is an index slice of a permutation seeded by (seed, epoch). No Dataset,
+no collate, no worker processes: an epoch costs what the model costs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import zlib
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from softmax_lab.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# The textbook's text labels (d2l get_fashion_mnist_labels), index = class id.
+CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat",
+               "sandal", "shirt", "sneaker", "bag", "ankle boot")
+IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian/Ubuntu: apt-get install dataset-fashion-mnist
+REMEDIES = (
+    "Fix: `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the four IDX files in ./data, "
+    "or point data.data_dir=/path/to/files at them, or set data.download=true (needs a network)."
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading one IDX file
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found.") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror}).") from None
+    if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the name says
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{path}: corrupt gzip data ({e}); delete it and install or download it again.") from None
+    if path.suffix == ".gz":
+        raise DataError(f"{path}: not a gzip file although named .gz; delete it and install or download it again.")
+    return raw
+
+
+def read_idx(path: str | Path, expect: int | None = None) -> torch.Tensor:
+    """Read an IDX file (raw or .gz) into a uint8 tensor: images (n, 28, 28) or labels (n,).
+
+    `expect` is the magic number the caller needs (2051 images, 2049 labels). Every fault raises
+    DataError naming the file and the fault.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    if len(data) < 8:
+        raise DataError(f"{path}: truncated ({len(data)} bytes, not even an IDX header).")
+    magic, n = int.from_bytes(data[0:4], "big"), int.from_bytes(data[4:8], "big")
+    if magic not in (IMAGES_MAGIC, LABELS_MAGIC) or (expect is not None and magic != expect):
+        want = {IMAGES_MAGIC: "2051 (images)", LABELS_MAGIC: "2049 (labels)"}.get(expect, "2051 or 2049")
+        raise DataError(f"{path}: wrong IDX magic number {magic}, expected {want}; not a Fashion-MNIST file.")
+    if magic == IMAGES_MAGIC:
+        if len(data) < 16:
+            raise DataError(f"{path}: truncated image header ({len(data)} bytes).")
+        rows, cols = int.from_bytes(data[8:12], "big"), int.from_bytes(data[12:16], "big")
+        if (rows, cols) != (28, 28):
+            raise DataError(f"{path}: images are {rows}x{cols}, expected 28x28.")
+        header, shape = 16, (n, 28, 28)
+    else:
+        header, shape = 8, (n,)
+    size = header + int(np.prod(shape))
+    if len(data) != size:
+        fault = "truncated" if len(data) < size else "has trailing bytes"
+        raise DataError(f"{path}: {fault}: {len(data)} bytes, the header announces {n} items ({size} bytes).")
+    array = np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+    if magic == LABELS_MAGIC and n and array.max() > 9:
+        i = int(np.argmax(array > 9))
+        raise DataError(f"{path}: label {array[i]} at index {i} is out of range 0..9.")
+    return torch.from_numpy(array.copy())
+
+
+def read_split(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (n, 28, 28) uint8 and labels (n,) int64 of one split, their counts checked."""
+    X, y = read_idx(images_path, IMAGES_MAGIC), read_idx(labels_path, LABELS_MAGIC)
+    if len(X) != len(y):
+        raise DataError(f"{images_path} holds {len(X)} images but {labels_path} holds {len(y)} labels; "
+                        "the two files must come from the same release.")
+    return X, y.long()
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the four files
+
+
+def find_idx_files(directory: Path) -> dict[str, Path] | None:
+    """The four files in `directory` or its torchvision layout `FashionMNIST/raw/`, raw or .gz.
+
+    None when none is there; DataError when only some are (a partial copy is a fault, not a miss).
+    """
+    found, missing = {}, []
+    for key, name in FILES.items():
+        candidates = [d / (name + ext) for d in (directory, directory / "FashionMNIST" / "raw") for ext in ("", ".gz")]
+        hit = next((c for c in candidates if c.is_file()), None)
+        if hit is None:
+            missing.append(name)
+        else:
+            found[key] = hit
+    if not found:
+        return None
+    if missing:
+        raise DataError(f"{directory}: Fashion-MNIST is incomplete, missing {', '.join(missing)} (raw or .gz). "
+                        + REMEDIES)
+    return found
+
+
+def _download(directory: Path) -> dict[str, Path]:
+    import torchvision  # only here: its import costs a second
+
+    log.info("Downloading Fashion-MNIST into %s", directory)
+    try:
+        for train in (True, False):
+            torchvision.datasets.FashionMNIST(str(directory), train=train, download=True)
+    except Exception as e:  # network errors come in many types (URLError, RuntimeError, OSError)
+        raise DataError(f"downloading Fashion-MNIST into {directory} failed: {e}. " + REMEDIES) from None
+    found = find_idx_files(directory)
+    if found is None:
+        raise DataError(f"downloading Fashion-MNIST into {directory} left no IDX files there. " + REMEDIES)
+    return found
+
+
+def locate_fashion_mnist(data_dir: str | Path | None = None, download: bool = False) -> dict[str, Path]:
+    """Paths of the four IDX files.
+
+    data_dir set: there and only there (downloading into it when `download`). Unset: ./data, then
+    the Debian package's directory, then a download into ./data when `download`.
+    """
+    if data_dir is not None:
+        directory = Path(data_dir).expanduser()
+        found = find_idx_files(directory)
+        if found is not None:
+            return found
+        if download:
+            return _download(directory)
+        raise DataError(f"data.data_dir={data_dir}: no Fashion-MNIST IDX files there (looked in {directory} and "
+                        f"{directory / 'FashionMNIST' / 'raw'}). Fix: copy the four files there, add "
+                        "data.download=true, or drop data.data_dir to use ./data or " + str(SYSTEM_DIR) + ".")
+    searched = [Path("data"), SYSTEM_DIR]
+    for directory in searched:
+        found = find_idx_files(directory)
+        if found is not None:
+            return found
+    if download:
+        return _download(Path("data"))
+    places = ", ".join(f"{d}, {d / 'FashionMNIST' / 'raw'}" for d in searched)
+    raise DataError(f"Fashion-MNIST not found. Searched: {places}. " + REMEDIES)
+
+
+@lru_cache(maxsize=2)
+def _read_all(paths: tuple[tuple[str, Path], ...], mtimes: tuple[float, ...]):
+    # Cached per process so a sweep reads and validates the files once; mtimes invalidate it.
+    p = dict(paths)
+    return read_split(p["train_images"], p["train_labels"]), read_split(p["test_images"], p["test_labels"])
+
+
+def load_fashion_mnist(data_dir=None, download=False):
+    """((train_X, train_y), (test_X, test_y)) as uint8 images and int64 labels, validated."""
+    paths = locate_fashion_mnist(data_dir, download)
+    ordered = tuple(sorted(paths.items()))
+    return _read_all(ordered, tuple(p.stat().st_mtime for _, p in ordered))
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving batches
+
+
+class TensorBatches:
+    """Batches of (X, y) sliced from whole tensors, in a permutation that depends only on (seed, epoch).
+
+    Under DDP each process takes a disjoint share (every world_size-th index) of the epoch's
+    permutation. The last partial batch is kept. Lightning calls `sampler.set_epoch(epoch)` before
+    each epoch, so resuming from a checkpoint replays the same batches.
+    """
+
+    def __init__(self, X, y, batch_size, shuffle=False, seed=0, rank=0, world_size=1):
+        self.X, self.y, self.batch_size = X, y, batch_size
+        self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
+        self.epoch = 0
+        # Lightning looks for `sampler.set_epoch` before each epoch (and for `batch_sampler` beside it).
+        self.sampler, self.batch_sampler = self, None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> torch.Tensor:
+        n = len(self.X)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+            if self.world_size > 1:  # equal shares so every replica takes the same number of steps
+                order = order[: n - n % self.world_size]
+        else:
+            order = torch.arange(n)
+        return order[self.rank :: self.world_size].to(self.X.device)
+
+    def __len__(self) -> int:
+        n = len(self.X)
+        share = (n - n % self.world_size) // self.world_size if self.shuffle else -(-(n - self.rank) // self.world_size)
+        return -(-share // self.batch_size)
+
+    def __iter__(self):
+        if not self.shuffle and self.world_size == 1:  # contiguous views, no copy
+            for i in range(0, len(self.X), self.batch_size):
+                yield self.X[i : i + self.batch_size], self.y[i : i + self.batch_size]
+            return
+        idx = self.indices()
+        for i in range(0, len(idx), self.batch_size):
+            j = idx[i : i + self.batch_size]
+            yield self.X[j], self.y[j]
+
+
+class FashionMNISTDataModule(pl.LightningDataModule):
+    """Fashion-MNIST as in-memory tensors: train/val split from the official 60k, the official 10k test.
+
+    >>> dm = FashionMNISTDataModule(batch_size=256)  # doctest: +SKIP
+    >>> dm.setup("fit"); X, y = next(iter(dm.train_dataloader()))  # doctest: +SKIP
+    >>> X.shape, X.dtype, y.dtype  # doctest: +SKIP
+    (torch.Size([256, 784]), torch.float32, torch.int64)
+    """
+
+    def __init__(self, data_dir: str | None = None, download: bool = False, batch_size: int = 256,
+                 val_size: int = 5000, normalize: bool = False, resize: int | None = None,
+                 classes: list[int] | None = None, split_seed: int = 0, shuffle_seed: int = 0,
+                 eval_batch_size: int = 2048):
+        super().__init__()
+        self.data_dir, self.download = data_dir, download
+        self.batch_size, self.eval_batch_size, self.val_size = batch_size, eval_batch_size, val_size
+        self.normalize, self.resize = normalize, resize
+        self.classes = list(classes) if classes is not None else None
+        self.split_seed, self.shuffle_seed = split_seed, shuffle_seed
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.mean, self.std = 0.0, 1.0
+
+    @property
+    def side(self) -> int:
+        return self.resize or 28
+
+    @property
+    def num_inputs(self) -> int:
+        return self.side**2
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) if self.classes else 10
+
+    @property
+    def class_names(self) -> list[str]:
+        return [CLASS_NAMES[c] for c in self.classes] if self.classes else list(CLASS_NAMES)
+
+    def prepare_data(self) -> None:
+        load_fashion_mnist(self.data_dir, self.download)  # locate, download if asked, validate
+
+    def load(self) -> None:
+        """Build the three splits as flat float tensors on the CPU (idempotent)."""
+        if self.splits:
+            return
+        (train_X, train_y), (test_X, test_y) = load_fashion_mnist(self.data_dir, self.download)
+        n = len(train_X)
+        g = torch.Generator().manual_seed(self.split_seed)
+        perm = torch.randperm(n, generator=g)
+        val_idx, train_idx = perm[: self.val_size], perm[self.val_size :]
+        raw = {"train": (train_X[train_idx], train_y[train_idx]),
+               "val": (train_X[val_idx], train_y[val_idx]),
+               "test": (test_X, test_y)}
+        for name, (X, y) in raw.items():
+            if self.classes:
+                X, y = self._keep_classes(X, y)
+            self.splits[name] = (self._pixels(X), y)
+        if self.normalize:  # standardise with the training split's statistics, as transforms.Normalize
+            Xtr = self.splits["train"][0]
+            self.mean, self.std = Xtr.mean().item(), Xtr.std().item()
+            for name, (X, y) in self.splits.items():
+                self.splits[name] = ((X - self.mean) / self.std, y)
+
+    def _keep_classes(self, X, y):
+        keep = torch.isin(y, torch.tensor(self.classes))
+        relabel = torch.full((10,), -1, dtype=torch.long)
+        relabel[torch.tensor(self.classes)] = torch.arange(len(self.classes))
+        return X[keep], relabel[y[keep]]
+
+    def _pixels(self, X: torch.Tensor) -> torch.Tensor:
+        """uint8 (n, 28, 28) -> float32 (n, side*side) in [0, 1], as ToTensor (and Resize) would."""
+        X = X.float().div_(255)
+        if self.resize:
+            import torch.nn.functional as F
+
+            X = torch.cat([F.interpolate(c.unsqueeze(1), size=(self.resize, self.resize), mode="bilinear",
+                                         antialias=True, align_corners=False).clamp_(0, 1)
+                           for c in X.split(4096)])
+        return X.reshape(len(X), -1)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load()
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        for name, (X, y) in self.splits.items():
+            if X.device != device:
+                self.splits[name] = (X.to(device), y.to(device))
+
+    def _batches(self, split: str, batch_size: int, shuffle: bool) -> TensorBatches:
+        X, y = self.splits[split]
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        return TensorBatches(X, y, batch_size, shuffle=shuffle, seed=self.shuffle_seed, rank=rank, world_size=world)
+
+    def train_dataloader(self):
+        return self._batches("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return self._batches("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self):
+        return self._batches("test", self.eval_batch_size, shuffle=False)
+
+    def images(self, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first n images of a split as (n, side, side) in [0, 1] for pictures, with labels."""
+        X, y = self.splits[split]
+        X = X[:n].float().cpu() * self.std + self.mean
+        return X.reshape(-1, self.side, self.side), y[:n].cpu()

@@ -1,0 +1,180 @@
+"""The five losses of softmax regression, as DESIGN.md's table reads.
+
+O: (n, C) logits, y: (n,) class ids, Y = onehot(y). Every loss is the batch mean of a per-sample
+loss l(o, y). Each class gives
+    value(O, y)        the formula, by hand            (impl=scratch)
+    grad(O, y)         dL/dO of the batch mean, by hand (impl=scratch), shape (n, C)
+    torch_value(O, y)  the same number from torch.nn.functional (impl=nn, autograd)
+mse and huber may be taken on probabilities (on="probs"): o is replaced by softmax(o) and the
+gradient goes back through the softmax Jacobian, g -> p * (g - <g, p>).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+
+
+def softmax(O: torch.Tensor) -> torch.Tensor:
+    E = (O - O.max(dim=1, keepdim=True).values).exp()  # shift: exp never overflows
+    return E / E.sum(dim=1, keepdim=True)
+
+
+def logsumexp(O: torch.Tensor) -> torch.Tensor:
+    m = O.max(dim=1).values
+    return m + (O - m[:, None]).exp().sum(dim=1).log()
+
+
+def onehot(y: torch.Tensor, C: int, dtype: torch.dtype) -> torch.Tensor:
+    Y = torch.zeros(len(y), C, dtype=dtype, device=y.device)
+    return Y.scatter_(1, y[:, None], 1.0)
+
+
+def softmax_backward(P: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """Chain rule through p = softmax(o): dL/do = p * (dL/dp - <dL/dp, p>)."""
+    return P * (G - (G * P).sum(dim=1, keepdim=True))
+
+
+class Loss(ABC):
+    """A loss of the table. `default_lr` is the SGD learning rate it trains well at (10 epochs, batch 256);
+    conf/optimizer/sgd.yaml reads it, and an explicit optimizer.lr wins."""
+
+    name = ""
+
+    def __init__(self, default_lr: float = 0.1):
+        self.default_lr = default_lr
+
+    @abstractmethod
+    def value(self, O, y): ...
+
+    @abstractmethod
+    def grad(self, O, y): ...
+
+    @abstractmethod
+    def torch_value(self, O, y): ...
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in vars(self).items() if k != "default_lr")
+        return f"{type(self).__name__}({opts})"
+
+
+class CrossEntropy(Loss):
+    """l = logsumexp(o) - o_y;  dl/do = softmax(o) - Y."""
+
+    name = "ce"
+
+    def value(self, O, y):
+        return (logsumexp(O) - O.gather(1, y[:, None]).squeeze(1)).mean()
+
+    def grad(self, O, y):
+        return (softmax(O) - onehot(y, O.shape[1], O.dtype)) / len(O)
+
+    def torch_value(self, O, y):
+        return F.cross_entropy(O, y)
+
+
+class _OnOneHot(Loss):
+    """Losses of o - Y, on the logits or (on="probs") on softmax(o)."""
+
+    def __init__(self, on: str = "logits", default_lr: float = 0.01):
+        super().__init__(default_lr)
+        if on not in ("logits", "probs"):
+            raise ValueError(f"loss.on={on!r}: expected 'logits' or 'probs'")
+        self.on = on
+
+    def _outputs(self, O):
+        return softmax(O) if self.on == "probs" else O
+
+    def value(self, O, y):
+        E = self._outputs(O) - onehot(y, O.shape[1], O.dtype)
+        return self.per_sample(E).mean()
+
+    def grad(self, O, y):
+        P = self._outputs(O)
+        G = self.per_sample_grad(P - onehot(y, O.shape[1], O.dtype)) / len(O)
+        return softmax_backward(P, G) if self.on == "probs" else G
+
+    def torch_value(self, O, y):
+        P = F.softmax(O, dim=1) if self.on == "probs" else O
+        return self.torch_sum(P, F.one_hot(y, O.shape[1]).to(O.dtype)) / len(O)
+
+
+class SquaredError(_OnOneHot):
+    """l = 1/2 sum_i (o_i - Y_i)^2;  dl/do = o - Y."""
+
+    name = "mse"
+
+    def per_sample(self, E):
+        return 0.5 * (E * E).sum(dim=1)
+
+    def per_sample_grad(self, E):
+        return E
+
+    def torch_sum(self, P, Y):
+        return 0.5 * F.mse_loss(P, Y, reduction="sum")
+
+
+class Huber(_OnOneHot):
+    """l = sum_i h_d(o_i - Y_i), h_d(e) = e^2/2 if |e| <= d else d(|e| - d/2);  dl/do = clamp(o - Y, -d, d)."""
+
+    name = "huber"
+
+    def __init__(self, delta: float = 1.0, on: str = "logits", default_lr: float = 0.01):
+        super().__init__(on, default_lr)
+        self.delta = delta
+
+    def per_sample(self, E):
+        A, d = E.abs(), self.delta
+        return torch.where(A <= d, 0.5 * E * E, d * (A - 0.5 * d)).sum(dim=1)
+
+    def per_sample_grad(self, E):
+        return E.clamp(-self.delta, self.delta)
+
+    def torch_sum(self, P, Y):
+        return F.huber_loss(P, Y, delta=self.delta, reduction="sum")
+
+
+class L1(_OnOneHot):
+    """l = sum_i |o_i - Y_i|;  dl/do = sign(o - Y)."""
+
+    name = "l1"
+
+    def per_sample(self, E):
+        return E.abs().sum(dim=1)
+
+    def per_sample_grad(self, E):
+        return E.sign()
+
+    def torch_sum(self, P, Y):
+        return F.l1_loss(P, Y, reduction="sum")
+
+
+class Margin(Loss):
+    """Multiclass hinge: l = sum_{i != y} max(0, D - (o_y - o_i));
+    dl/do_i = 1 for each violating i != y, dl/do_y = -(number of violators)."""
+
+    name = "margin"
+
+    def __init__(self, margin: float = 1.0, default_lr: float = 0.1):
+        super().__init__(default_lr)
+        self.margin = margin
+
+    def _slack(self, O, y):
+        S = self.margin - O.gather(1, y[:, None]) + O  # D - (o_y - o_i), (n, C)
+        return S.scatter(1, y[:, None], 0.0)  # i = y does not count
+
+    def value(self, O, y):
+        return self._slack(O, y).clamp(min=0).sum(dim=1).mean()
+
+    def grad(self, O, y):
+        V = (self._slack(O, y) > 0).to(O.dtype)  # violators
+        G = V.scatter(1, y[:, None], -V.sum(dim=1, keepdim=True))
+        return G / len(O)
+
+    def torch_value(self, O, y):
+        return F.multi_margin_loss(O, y, margin=self.margin) * O.shape[1]  # torch divides by C
+
+
+LOSSES = {cls.name: cls for cls in (CrossEntropy, SquaredError, Margin, Huber, L1)}

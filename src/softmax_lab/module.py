@@ -1,0 +1,234 @@
+"""SoftmaxRegressionModule: one LightningModule for both implementations.
+
+impl="scratch": W, b and a hand-written SGD; the loss value and dL/dO from the loss's formula;
+    dL/dW = X^T G, dL/db = row sums of G; Lightning manual optimisation, under torch.no_grad().
+impl="nn":      nn.Sequential(Flatten, Linear), the loss's torch.nn.functional form, the optimizer
+    from config, Lightning automatic optimisation.
+
+Hyperparameters are plain values (dicts with `_target_` strings), so checkpoints load with
+torch.load(weights_only=True) and eval.py rebuilds the exact model from the checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import get_class, instantiate
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from softmax_lab.errors import ConfigError, DivergenceError
+from softmax_lab.models import ScratchSGD, ScratchSoftmaxRegression, make_nn_model
+
+DEFAULT_LOSS = {"_target_": "softmax_lab.losses.CrossEntropy"}
+DEFAULT_OPTIMIZER = {"_target_": "torch.optim.SGD", "lr": 0.1}
+SCRATCH_SGD_OPTIONS = {"lr", "momentum", "weight_decay", "nesterov"}
+
+
+def _is_sgd(optimizer: dict) -> bool:
+    try:
+        return issubclass(get_class(optimizer["_target_"]), torch.optim.SGD)
+    except Exception:
+        return False
+
+
+class SoftmaxRegressionModule(pl.LightningModule):
+    """Softmax regression (inputs -> classes) trained with one of the five losses.
+
+    >>> m = SoftmaxRegressionModule(impl="scratch", loss={"_target_": "softmax_lab.losses.Huber"})
+    >>> m(torch.zeros(2, 784)).shape
+    torch.Size([2, 10])
+    """
+
+    def __init__(self, impl: str = "nn", loss: dict | None = None, optimizer: dict | None = None,
+                 num_inputs: int = 784, num_classes: int = 10, init_std: float = 0.01,
+                 class_names: list[str] | None = None, log_every_n_steps: int = 50):
+        super().__init__()
+        loss = dict(loss or DEFAULT_LOSS)
+        optimizer = dict(optimizer or DEFAULT_OPTIMIZER)
+        self.save_hyperparameters({"impl": impl, "loss": loss, "optimizer": optimizer, "num_inputs": num_inputs,
+                                   "num_classes": num_classes, "init_std": init_std,
+                                   "class_names": class_names, "log_every_n_steps": log_every_n_steps})
+        self.loss_fn = instantiate(loss)
+        if impl == "scratch":
+            if not _is_sgd(optimizer):
+                raise ConfigError(f"impl=scratch trains with its own hand-written SGD, so optimizer="
+                                  f"{optimizer['_target_']} cannot be used. Fix: optimizer=sgd, or impl=nn to "
+                                  "use any torch.optim optimizer.")
+            extra = set(optimizer) - SCRATCH_SGD_OPTIONS - {"_target_"}
+            if extra:
+                raise ConfigError(f"impl=scratch's SGD supports optimizer.{{{', '.join(sorted(SCRATCH_SGD_OPTIONS))}}}; "
+                                  f"got also {', '.join('optimizer.' + k for k in sorted(extra))}. Fix: remove "
+                                  "them, or use impl=nn.")
+            self.automatic_optimization = False
+            self.net = ScratchSoftmaxRegression(num_inputs, num_classes, init_std)
+            self.sgd = ScratchSGD([self.net.W, self.net.b],
+                                  **{k: v for k, v in optimizer.items() if k in SCRATCH_SGD_OPTIONS})
+        elif impl == "nn":
+            self.net = make_nn_model(num_inputs, num_classes, init_std)
+        else:
+            raise ConfigError(f"impl={impl!r}: expected 'scratch' or 'nn'.")
+        self.impl = impl
+
+        # Train accuracy and loss are running sums (a torchmetrics update costs 10% of a step here);
+        # validation and test use torchmetrics, whose batches are few and large.
+        self.register_buffer("_sums", torch.zeros(3), persistent=False)  # loss * n, correct, n
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.val_acc_best = MaxMetric()
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.test_class_acc = MulticlassAccuracy(num_classes, average=None, validate_args=False)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
+        self.register_buffer("_eval_sums", torch.zeros(2), persistent=False)  # loss * n, n
+        self.history: list[dict[str, float]] = []  # per epoch, for the curves; saved in checkpoints
+        self.test_results: dict[str, float] = {}
+        self._epoch_start = self._train_record = None
+
+    # ----------------------------------------------------------------------------------------
+    # The model
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return self.net(X)
+
+    def loss_value(self, O: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn.value(O, y) if self.impl == "scratch" else self.loss_fn.torch_value(O, y)
+
+    @property
+    def lr(self) -> float | None:
+        return self.hparams.optimizer.get("lr")
+
+    def configure_optimizers(self):
+        if self.impl == "scratch":
+            return None  # Lightning's no-op optimizer: its step() only advances global_step
+        return instantiate(self.hparams.optimizer, params=self.parameters())
+
+    # ----------------------------------------------------------------------------------------
+    # Training
+
+    def training_step(self, batch, batch_idx):
+        X, y = batch
+        if self.impl == "scratch":
+            with torch.no_grad():
+                O = self.net(X)
+                loss = self.loss_fn.value(O, y)
+                self._guard_finite(loss, batch_idx)
+                gW, gb = self.net.grads(X, self.loss_fn.grad(O, y))
+                if self.trainer.world_size > 1:  # DDP: average by hand, so replicas stay identical
+                    gW, gb = (self.trainer.strategy.reduce(g, reduce_op="mean") for g in (gW, gb))
+                self.sgd.step([self.net.W, self.net.b], [gW, gb])
+            self.optimizers().step()  # no-op; counts the step in trainer.global_step
+        else:
+            O = self.net(X)
+            loss = self.loss_fn.torch_value(O, y)
+            self._guard_finite(loss, batch_idx)
+        with torch.no_grad():
+            n = len(y)
+            self._sums += torch.stack([loss.detach() * n, (O.argmax(1) == y).sum(), torch.tensor(n)])
+        if (self.global_step + 1) % self.hparams.log_every_n_steps == 0:
+            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
+        return loss if self.impl == "nn" else None
+
+    def _guard_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        # One host sync per step; on the CPU it costs nothing measurable.
+        if not torch.isfinite(loss):
+            raise DivergenceError(loss.item(), self.current_epoch, batch_idx, self.lr)
+
+    def running_train_metrics(self) -> dict[str, float]:
+        """Loss and accuracy of the epoch so far, for the progress bar."""
+        loss_sum, correct, n = self._sums.tolist()
+        return {"loss": loss_sum / n, "acc": correct / n} if n else {}
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()  # the sanity check's value must not count as the best
+
+    def on_train_epoch_start(self) -> None:
+        self._sums.zero_()
+        self._sync_device()
+        self._epoch_start, self._train_record = time.perf_counter(), None
+
+    def _sync_device(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _close_train_epoch(self) -> None:
+        """Stop the epoch clock and log the epoch's train metrics, once per epoch.
+
+        Called when validation starts (it runs inside the training epoch and stays off the clock) or,
+        without validation, at the epoch's end; either way before ModelCheckpoint saves the epoch.
+        """
+        if self._train_record is not None or self._epoch_start is None:
+            return
+        self._sync_device()
+        seconds = time.perf_counter() - self._epoch_start
+        sums = self.trainer.strategy.reduce(self._sums, reduce_op="sum") if self.trainer.world_size > 1 else self._sums
+        loss_sum, correct, n = sums.tolist()
+        self._train_record = {"train/loss": loss_sum / n, "train/acc": correct / n,
+                              "time/epoch_s": seconds, "time/samples_per_s": n / seconds}
+        self.log_dict(self._train_record)
+
+    def on_train_epoch_end(self) -> None:
+        if self._train_record is None:  # no validation this epoch
+            self._close_train_epoch()
+            self.history.append({"epoch": self.current_epoch, **self._train_record})
+
+    # ----------------------------------------------------------------------------------------
+    # Validation and test
+
+    def on_validation_epoch_start(self) -> None:
+        if not self.trainer.sanity_checking and self.trainer.training:
+            self._close_train_epoch()
+        self._eval_sums.zero_()
+
+    def _eval_step(self, batch, acc_metrics):
+        X, y = batch
+        O = self.net(X)
+        self._eval_sums += torch.stack([self.loss_value(O, y) * len(y), torch.tensor(len(y))])
+        for m in acc_metrics:
+            m.update(O, y)
+        return O
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, [self.val_acc])
+
+    def _eval_loss(self) -> float:
+        s = self.trainer.strategy.reduce(self._eval_sums, reduce_op="sum") if self.trainer.world_size > 1 \
+            else self._eval_sums
+        return (s[0] / s[1]).item()
+
+    def on_validation_epoch_end(self) -> None:
+        acc = self.val_acc.compute()
+        self.val_acc.reset()
+        metrics = {"val/loss": self._eval_loss(), "val/acc": acc.item()}
+        if not self.trainer.sanity_checking:
+            self.val_acc_best.update(acc)
+            metrics["val/acc_best"] = self.val_acc_best.compute().item()
+        self.log_dict(metrics)
+        if not self.trainer.sanity_checking and self.trainer.training and self._train_record is not None:
+            self.history.append({"epoch": self.current_epoch, **self._train_record, **metrics})
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_sums.zero_()
+
+    def test_step(self, batch, batch_idx):
+        O = self._eval_step(batch, [self.test_acc, self.test_class_acc])
+        self.test_confusion.update(O, batch[1])
+
+    def on_test_epoch_end(self) -> None:
+        per_class = self.test_class_acc.compute().tolist()
+        names = self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)]
+        metrics = {"test/loss": self._eval_loss(), "test/acc": self.test_acc.compute().item(),
+                   **{f"test/acc_class/{name.replace(' ', '_')}": a for name, a in zip(names, per_class)}}
+        self.log_dict(metrics)
+        self.test_results = {**metrics, "confusion": self.test_confusion.compute().cpu()}
+        for m in (self.test_acc, self.test_class_acc, self.test_confusion):
+            m.reset()
+
+    # ----------------------------------------------------------------------------------------
+    # Checkpoints carry the per-epoch history, so curves of a resumed run are whole
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("history", []))

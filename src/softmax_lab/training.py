@@ -1,0 +1,189 @@
+"""train(cfg): validate -> instantiate -> fit -> test on the best checkpoint -> pictures -> MLflow.
+
+Everything a user can get wrong is checked before any data is read or any MLflow run is created;
+after that, whatever happens is recorded: FINISHED, FAILED (with the reason) or KILLED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import traceback
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from softmax_lab.config import validate_config
+from softmax_lab.errors import DivergenceError, RunInterrupted, UserError
+from softmax_lab.tracking import git_state
+
+log = logging.getLogger(__name__)
+
+# Overrides that say where things go, not what is trained: left out of run names.
+_PLACE_KEYS = ("hydra.", "paths.", "logger.", "+hydra", "ckpt_path")
+
+
+def hydra_context() -> dict:
+    """Overrides, choices and the sweep position of the current Hydra job ({} outside Hydra)."""
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    ctx = {"overrides": list(hc.overrides.task), "choices": dict(hc.runtime.choices)}
+    if hc.mode == hc.mode.MULTIRUN:  # reading job.num in a single run raises
+        ctx.update(job_num=hc.job.num, sweep_dir=hc.sweep.dir)
+    return ctx
+
+
+def run_name(cfg: DictConfig, overrides: list[str]) -> str:
+    """'loss=huber impl=scratch optimizer.lr=0.05': the loss and impl always, then what else was changed."""
+    loss = type(instantiate(cfg.loss)).name if "_target_" in cfg.loss else "?"
+    head = [f"loss={loss}", f"impl={cfg.model.impl}"]
+    rest = [o for o in overrides if not o.startswith(("loss=", "impl=", *_PLACE_KEYS))]
+    return " ".join(head + rest)
+
+
+@contextlib.contextmanager
+def interruptible():
+    """SIGINT and SIGTERM raise RunInterrupted wherever the main thread is, so the run can say KILLED."""
+
+    def handler(signum, frame):
+        raise RunInterrupted(signum)
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in saved:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
+class SaveInitialCheckpoint(pl.Callback):
+    """Write last.ckpt before the first epoch, so an interrupt always leaves a checkpoint to resume from.
+
+    ModelCheckpoint overwrites it at the end of every epoch; an interrupt mid-epoch never writes a
+    half-epoch state, so resuming from last.ckpt replays exactly what an uninterrupted run does.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_train_start(self, trainer, pl_module):
+        if not self.path.exists():
+            trainer.save_checkpoint(self.path)
+
+
+def scalars(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if v.numel() == 1}
+
+
+def write_pictures(module, datamodule, run_dir: Path, title: str) -> list[Path]:
+    from softmax_lab import plots
+
+    names = datamodule.class_names
+    X, y = datamodule.images("train", 18)
+    paths = [plots.samples_grid(X, y, names, run_dir / "samples.png")]
+    X, y = datamodule.images("test", 18)
+    Xt = datamodule.splits["test"][0][:18]
+    with torch.no_grad():
+        preds = module(Xt.to(module.device)).argmax(1).cpu()
+    paths.append(plots.predictions_grid(X, y, preds, names, run_dir / "predictions.png"))
+    if "confusion" in module.test_results:
+        paths.append(plots.confusion_matrix(module.test_results["confusion"], names, run_dir / "confusion_matrix.png",
+                                            title=f"Test confusion matrix, {title}"))
+    if module.history:
+        paths.append(plots.learning_curves(module.history, run_dir / "curves.png", title=title))
+    return paths
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train and test one model as `cfg` says; return its metrics (val/acc_best for sweepers)."""
+    validate_config(cfg)
+    ctx = hydra_context()
+    overrides = ctx.get("overrides", [])
+    run_dir = Path(cfg.paths.output_dir)
+    pl.seed_everything(cfg.seed, verbose=False)
+
+    # Everything that can refuse the config, before any data is read or any run created.
+    datamodule = instantiate(cfg.data)
+    module = instantiate(cfg.model, num_inputs=datamodule.num_inputs, num_classes=datamodule.num_classes,
+                         class_names=datamodule.class_names, _recursive_=False, _convert_="all")
+    name = run_name(cfg, overrides)
+    datamodule.load()  # read and validate the files: a DataError stops here, before MLflow
+    tracker = instantiate(cfg.logger)
+    tracker.connect()  # an unreachable store stops here, before training
+
+    tags = {"overrides": " ".join(overrides) or "(defaults)", "run_dir": str(run_dir),
+            "loss": name.split()[0].removeprefix("loss="), "impl": cfg.model.impl, **git_state()}
+    if "job_num" in ctx:
+        tags.update(sweep_dir=ctx["sweep_dir"], job_num=ctx["job_num"])
+    if cfg.ckpt_path:
+        tags["resumed_from"] = str(cfg.ckpt_path)
+    tracker.start_run(name, tags)
+    status, reason = "FAILED", None
+    try:
+        tracker.log_config(cfg, overrides, run_dir)
+        callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+        checkpointing = next((c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)), None)
+        if checkpointing is not None:
+            callbacks.append(SaveInitialCheckpoint(Path(checkpointing.dirpath) / "last.ckpt"))
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=tracker.lightning_logger())
+        trainer.callbacks.extend(tracker.callbacks())
+        with interruptible():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+            metrics = scalars(trainer.callback_metrics)
+            best = checkpointing.best_model_path if checkpointing is not None else ""
+            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
+        metrics.update(scalars(trainer.callback_metrics))
+        if trainer.is_global_zero:
+            pictures = write_pictures(module, datamodule, run_dir, name)
+            for p in pictures:
+                tracker.log_artifact(p, "pictures")
+            if best:
+                tracker.log_artifact(Path(best), "checkpoints")
+        status = "FINISHED"
+        if trainer.is_global_zero:
+            print_summary(metrics, tracker, run_dir, best)
+        return metrics
+    except RunInterrupted as e:
+        status, reason = "KILLED", str(e)
+        raise
+    except DivergenceError as e:
+        reason = str(e)
+        raise
+    except UserError as e:
+        reason = str(e)
+        raise
+    except BaseException as e:
+        reason = "".join(traceback.format_exception_only(type(e), e)).strip()
+        raise
+    finally:
+        tracker.finish(status, reason)
+
+
+def print_summary(metrics: dict[str, float], tracker, run_dir: Path, best: str) -> None:
+    lines = [
+        f"test/acc {metrics.get('test/acc', float('nan')):.4f}  test/loss {metrics.get('test/loss', float('nan')):.4f}"
+        f"  val/acc_best {metrics.get('val/acc_best', float('nan')):.4f}",
+        f"run: {tracker.describe()}",
+        f"pictures and config: {run_dir}",
+    ]
+    if best:
+        lines.append(f"best checkpoint: {best}")
+    if tracker.enabled:
+        lines.append("browse: make ui  (then open http://127.0.0.1:5000)")
+    print("\n".join(lines), flush=True)
+
+
+def configure_logging_quietly() -> None:
+    """Lightning's start-up banners (GPU available, TPU, ...) add nothing for this model."""
+    for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
+                 "lightning_fabric.utilities.seed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
