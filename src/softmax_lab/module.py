@@ -59,7 +59,8 @@ class SoftmaxRegressionModule(pl.LightningModule):
                                   "use any torch.optim optimizer.")
             extra = set(optimizer) - SCRATCH_SGD_OPTIONS - {"_target_"}
             if extra:
-                raise ConfigError(f"impl=scratch's SGD supports optimizer.{{{', '.join(sorted(SCRATCH_SGD_OPTIONS))}}}; "
+                supported = ", ".join(sorted(SCRATCH_SGD_OPTIONS))
+                raise ConfigError(f"impl=scratch's SGD supports optimizer.{{{supported}}}; "
                                   f"got also {', '.join('optimizer.' + k for k in sorted(extra))}. Fix: remove "
                                   "them, or use impl=nn.")
             self.automatic_optimization = False
