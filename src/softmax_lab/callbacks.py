@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
 
 
@@ -14,3 +17,19 @@ class TrainProgressBar(TQDMProgressBar):
         if trainer.training and hasattr(pl_module, "running_train_metrics"):
             metrics.update({k: f"{v:.4f}" for k, v in pl_module.running_train_metrics().items()})
         return metrics
+
+
+class SaveInitialCheckpoint(pl.Callback):
+    """Write last.ckpt before the first epoch, so an interrupt always leaves a checkpoint to resume from.
+
+    The last_checkpoint ModelCheckpoint overwrites it at the end of every epoch; an interrupt mid-epoch
+    never writes a half-epoch state, so resuming from last.ckpt replays exactly what an uninterrupted
+    run does.
+    """
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_train_start(self, trainer, pl_module):
+        if not self.path.exists():  # every rank: save_checkpoint is collective, rank 0 writes
+            trainer.save_checkpoint(self.path)

@@ -246,6 +246,8 @@ class FashionMNISTDataModule(pl.LightningDataModule):
                  classes: list[int] | None = None, split_seed: int = 0, shuffle_seed: int = 0,
                  eval_batch_size: int = 2048):
         super().__init__()
+        # Saved in checkpoints (plain values), so eval.py prepares the data exactly as in training.
+        self.save_hyperparameters(logger=False)
         self.data_dir, self.download = data_dir, download
         self.batch_size, self.eval_batch_size, self.val_size = batch_size, eval_batch_size, val_size
         self.normalize, self.resize = normalize, resize

@@ -50,7 +50,7 @@ class SoftmaxRegressionModule(pl.LightningModule):
         optimizer = dict(optimizer or DEFAULT_OPTIMIZER)
         self.save_hyperparameters({"impl": impl, "loss": loss, "optimizer": optimizer, "num_inputs": num_inputs,
                                    "num_classes": num_classes, "init_std": init_std,
-                                   "class_names": class_names, "log_every_n_steps": log_every_n_steps})
+                                   "class_names": class_names, "log_every_n_steps": log_every_n_steps}, logger=False)
         self.loss_fn = instantiate(loss)
         if impl == "scratch":
             if not _is_sgd(optimizer):
@@ -177,7 +177,7 @@ class SoftmaxRegressionModule(pl.LightningModule):
     # Validation and test
 
     def on_validation_epoch_start(self) -> None:
-        if not self.trainer.sanity_checking and self.trainer.training:
+        if not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
             self._close_train_epoch()
         self._eval_sums.zero_()
 
@@ -205,7 +205,7 @@ class SoftmaxRegressionModule(pl.LightningModule):
             self.val_acc_best.update(acc)
             metrics["val/acc_best"] = self.val_acc_best.compute().item()
         self.log_dict(metrics)
-        if not self.trainer.sanity_checking and self.trainer.training and self._train_record is not None:
+        if not self.trainer.sanity_checking and self.trainer.state.fn == "fit" and self._train_record is not None:
             self.history.append({"epoch": self.current_epoch, **self._train_record, **metrics})
 
     def on_test_epoch_start(self) -> None:
@@ -230,6 +230,8 @@ class SoftmaxRegressionModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["history"] = self.history
+        checkpoint["mlflow_run_id"] = getattr(self.logger, "run_id", None)  # eval.py tags its run with it
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.history = list(checkpoint.get("history", []))
+        if self._trainer is None or self.trainer.state.fn == "fit":  # testing the best epoch keeps the history
+            self.history = list(checkpoint.get("history", []))

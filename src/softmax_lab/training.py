@@ -64,21 +64,6 @@ def interruptible():
             signal.signal(s, h)
 
 
-class SaveInitialCheckpoint(pl.Callback):
-    """Write last.ckpt before the first epoch, so an interrupt always leaves a checkpoint to resume from.
-
-    ModelCheckpoint overwrites it at the end of every epoch; an interrupt mid-epoch never writes a
-    half-epoch state, so resuming from last.ckpt replays exactly what an uninterrupted run does.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def on_train_start(self, trainer, pl_module):
-        if not self.path.exists():
-            trainer.save_checkpoint(self.path)
-
-
 def scalars(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v.numel() == 1}
 
@@ -111,7 +96,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, verbose=False)
 
     # Everything that can refuse the config, before any data is read or any run created.
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, _convert_="all")  # plain values: they go into checkpoints
     module = instantiate(cfg.model, num_inputs=datamodule.num_inputs, num_classes=datamodule.num_classes,
                          class_names=datamodule.class_names, _recursive_=False, _convert_="all")
     name = run_name(cfg, overrides)
@@ -130,9 +115,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         tracker.log_config(cfg, overrides, run_dir)
         callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-        checkpointing = next((c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)), None)
-        if checkpointing is not None:
-            callbacks.append(SaveInitialCheckpoint(Path(checkpointing.dirpath) / "last.ckpt"))
+        checkpointing = next((c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint) and c.monitor), None)
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=tracker.lightning_logger())
         trainer.callbacks.extend(tracker.callbacks())
         with interruptible():

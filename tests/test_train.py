@@ -1,0 +1,164 @@
+"""train(cfg) end to end on the tiny data: every loss x impl, determinism, checkpoints, MLflow, eval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose, mlflow_runs
+from PIL import Image
+
+from softmax_lab.errors import ConfigError
+from softmax_lab.training import train
+
+LOSSES = ["ce", "mse", "margin", "huber", "l1"]
+
+
+@pytest.mark.parametrize("impl", ["scratch", "nn"])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_loss_and_impl_runs_a_fast_dev_run(make_cfg, loss, impl):
+    cfg = make_cfg(f"loss={loss}", f"impl={impl}", "+trainer.fast_dev_run=2", "logger=none")
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+@pytest.mark.parametrize("impl", ["scratch", "nn"])
+def test_seeded_runs_repeat_exactly_and_learn(make_cfg, impl):
+    a = train(make_cfg(f"impl={impl}", "logger=none", "trainer.max_epochs=3"))
+    b = train(make_cfg(f"impl={impl}", "logger=none", "trainer.max_epochs=3"))
+    c = train(make_cfg(f"impl={impl}", "logger=none", "trainer.max_epochs=3", "seed=7"))
+    for key in ("train/loss", "val/acc", "test/acc", "test/loss"):
+        assert a[key] == b[key], key
+    assert a["train/loss"] != c["train/loss"]
+    assert a["test/acc"] > 0.5  # the tiny data is learnable: chance is 0.1
+
+
+def test_scratch_and_nn_train_to_the_same_model(make_cfg):
+    s = train(make_cfg("impl=scratch", "logger=none", "optimizer.momentum=0.9", "optimizer.weight_decay=1e-3"))
+    n = train(make_cfg("impl=nn", "logger=none", "optimizer.momentum=0.9", "optimizer.weight_decay=1e-3"))
+    assert s["test/acc"] == pytest.approx(n["test/acc"], abs=0.01)
+    assert s["train/loss"] == pytest.approx(n["train/loss"], rel=1e-3)
+
+
+def test_explicit_lr_wins_over_the_loss_default(make_cfg):
+    assert make_cfg("loss=mse").optimizer.lr == 0.01
+    assert make_cfg("loss=ce").optimizer.lr == 0.1
+    assert make_cfg("loss=mse", "optimizer.lr=0.05").optimizer.lr == 0.05
+    assert make_cfg("loss=mse", "optimizer=adam").optimizer.lr == 0.001
+
+
+def test_two_classes_train_logistic_regression(make_cfg):
+    cfg = make_cfg("data.classes=[0,6]", "logger=none", "impl=scratch")
+    metrics = train(cfg)
+    assert metrics["test/acc"] > 0.9
+    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    W = ckpt["state_dict"]["net.W"]
+    assert W.shape == (784, 2)
+    X = torch.rand(5, 784)
+    O = X @ W + ckpt["state_dict"]["net.b"]
+    torch.testing.assert_close(torch.softmax(O, 1)[:, 1], torch.sigmoid(O[:, 1] - O[:, 0]))
+
+
+def test_checkpoints_load_with_weights_only(make_cfg):
+    cfg = make_cfg("logger=none")
+    train(cfg)
+    ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
+    names = sorted(p.name for p in ckpt_dir.glob("*.ckpt"))
+    assert "last.ckpt" in names and any(n.startswith("best-epoch") for n in names)
+    ckpt = torch.load(ckpt_dir / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["impl"] == "nn" and len(ckpt["history"]) == 2
+    assert ckpt["datamodule_hyper_parameters"]["val_size"] == 100
+
+
+def test_a_run_is_recorded_whole_in_mlflow(make_cfg, tmp_path):
+    cfg = make_cfg("loss=huber", "impl=scratch", "trainer.max_epochs=3", "trainer.log_every_n_steps=2")
+    metrics = train(cfg)
+    client, runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "loss=huber impl=scratch"
+    assert run.data.params["optimizer/lr"] == "0.01" and run.data.params["loss/delta"] == "1.0"
+    assert len(run.data.params) >= 20
+    assert run.data.tags["loss"] == "huber" and run.data.tags["impl"] == "scratch"
+    assert run.data.tags["run_dir"] == str(cfg.paths.output_dir)
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "time/epoch_s",
+                "time/samples_per_s"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert len(history) == 3, key
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "val/acc_best")] == sorted(
+        m.value for m in client.get_metric_history(run.info.run_id, "val/acc_best"))
+    assert run.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
+    assert "test/acc_class/ankle_boot" in run.data.metrics
+    assert len(client.get_metric_history(run.info.run_id, "train/loss_step")) == 3  # 6 steps, every 2nd
+    artifacts = {a.path for d in ("", "pictures", "checkpoints") for a in client.list_artifacts(run.info.run_id, d)}
+    assert {"config.yaml", "overrides.yaml", "pictures/samples.png", "pictures/predictions.png",
+            "pictures/confusion_matrix.png", "pictures/curves.png"} <= artifacts
+    assert any(a.startswith("checkpoints/best-epoch") for a in artifacts)
+    local = Path(client.download_artifacts(run.info.run_id, "pictures", str(tmp_path / "dl")))
+    sizes = {p.name: Image.open(p).size for p in local.glob("*.png")}
+    assert sizes == {"samples.png": (1350, 380), "predictions.png": (1350, 380),
+                     "confusion_matrix.png": (800, 700), "curves.png": (600, 400)}
+
+
+def test_no_secret_reaches_params_or_tags(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
+    train(make_cfg())
+    _, runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    values = list(runs[0].data.params.values()) + list(runs[0].data.tags.values())
+    assert not any("hunter2" in v for v in values)
+    assert not any("tracking_uri" in k for k in runs[0].data.params)
+
+
+def test_config_errors_come_before_any_run(make_cfg, tmp_path):
+    with pytest.raises(ConfigError) as e:
+        train(make_cfg("optimizer.lr=-1", "data.batch_size=0"))
+    assert "optimizer.lr=-1" in str(e.value) and "data.batch_size=0" in str(e.value)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_eval_reproduces_the_training_runs_test_accuracy(make_cfg, tmp_path, tiny_data):
+    from softmax_lab.evaluation import evaluate
+
+    cfg = make_cfg("impl=scratch", "trainer.max_epochs=3")
+    metrics = train(cfg)
+    best = next((Path(cfg.paths.output_dir) / "checkpoints").glob("best-epoch*.ckpt"))
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ecfg = compose_eval([f"ckpt_path={best}", f"data_dir={tiny_data}", f"logger.tracking_uri={store}"],
+                        tmp_path / "eval")
+    result = evaluate(ecfg)
+    assert result["test/acc"] == metrics["test/acc"]
+    client, runs = mlflow_runs(store)
+    train_run = next(r for r in runs if "kind" not in r.data.tags)
+    eval_run = next(r for r in runs if r.data.tags.get("kind") == "eval")
+    assert eval_run.data.tags["source_run_id"] == train_run.info.run_id and eval_run.info.status == "FINISHED"
+    assert (tmp_path / "eval" / "confusion_matrix.png").exists()
+
+
+def compose_eval(overrides, output_dir):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from softmax_lab.config import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose("eval", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+
+
+@pytest.mark.parametrize("content, message", [(None, "no such file"), (b"garbage", "not a readable checkpoint")])
+def test_eval_refuses_missing_or_corrupt_checkpoints(tmp_path, content, message):
+    from softmax_lab.evaluation import CheckpointError, evaluate
+
+    path = tmp_path / "x.ckpt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        evaluate(compose_eval([f"ckpt_path={path}", "logger=none"], tmp_path / "eval"))
+
+
+def test_composes_like_the_cli(tmp_path):
+    cfg = compose(["loss=margin", "impl=scratch", "loss.margin=2"], tmp_path)
+    assert cfg.model.impl == "scratch" and cfg.loss.margin == 2 and cfg.optimizer.lr == 0.1
