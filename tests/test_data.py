@@ -7,8 +7,8 @@ import gzip
 import numpy as np
 import pytest
 import torch
-from conftest import idx_bytes, tiny_split, write_dataset, write_idx
 
+from conftest import idx_bytes, tiny_split, write_dataset, write_idx
 from softmax_lab import data as data_mod
 from softmax_lab.data import FashionMNISTDataModule, TensorBatches, locate_fashion_mnist, read_idx, read_split
 from softmax_lab.errors import DataError

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import grad
 
-from softmax_lab.losses import LOSSES, CrossEntropy, Huber, L1, Margin, SquaredError, softmax
+from softmax_lab.losses import L1, LOSSES, CrossEntropy, Huber, Margin, SquaredError, softmax
 
 CASES = [
     ("ce", {}), ("mse", {"on": "logits"}), ("mse", {"on": "probs"}), ("margin", {}), ("margin", {"margin": 2.5}),

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose, mlflow_runs
 from PIL import Image
 
+from conftest import compose, mlflow_runs
 from softmax_lab.errors import ConfigError
 from softmax_lab.training import train
 
@@ -43,7 +43,7 @@ def test_scratch_and_nn_train_to_the_same_model(make_cfg):
 
 def test_explicit_lr_wins_over_the_loss_default(make_cfg):
     assert make_cfg("loss=mse").optimizer.lr == 0.01
-    assert make_cfg("loss=ce").optimizer.lr == 0.1
+    assert make_cfg("loss=ce").optimizer.lr == 0.3
     assert make_cfg("loss=mse", "optimizer.lr=0.05").optimizer.lr == 0.05
     assert make_cfg("loss=mse", "optimizer=adam").optimizer.lr == 0.001
 
@@ -161,4 +161,4 @@ def test_eval_refuses_missing_or_corrupt_checkpoints(tmp_path, content, message)
 
 def test_composes_like_the_cli(tmp_path):
     cfg = compose(["loss=margin", "impl=scratch", "loss.margin=2"], tmp_path)
-    assert cfg.model.impl == "scratch" and cfg.loss.margin == 2 and cfg.optimizer.lr == 0.1
+    assert cfg.model.impl == "scratch" and cfg.loss.margin == 2 and cfg.optimizer.lr == 0.1  # margin keeps 0.1

@@ -96,7 +96,10 @@ class MlflowSweepCallback(Callback):
         try:
             rows = summary_rows(self.client, self.experiment_id, self.parent_run_id)
             FAILED_JOBS = sum(r["status"] != "FINISHED" for r in rows)
-            for p in write_summary(rows, Path(str(config.hydra.sweep.dir))):
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+            files = write_summary(rows, sweep_dir)
+            files += [p for p in [sweep_dir / "optimization_results.yaml"] if p.exists()]  # Optuna's best params
+            for p in files:
                 self.client.log_artifact(self.parent_run_id, str(p), "summary")
             self.client.set_tag(self.parent_run_id, "jobs", len(rows))
             self.client.set_tag(self.parent_run_id, "failed_jobs", FAILED_JOBS)

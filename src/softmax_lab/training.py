@@ -17,9 +17,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from softmax_lab.config import validate_config
-from softmax_lab.errors import DivergenceError, RunInterrupted, UserError
+from softmax_lab.errors import RunInterrupted, UserError
 from softmax_lab.tracking import git_state
 
 log = logging.getLogger(__name__)
@@ -47,21 +48,41 @@ def run_name(cfg: DictConfig, overrides: list[str]) -> str:
     return " ".join(head + rest)
 
 
-@contextlib.contextmanager
-def interruptible():
-    """SIGINT and SIGTERM raise RunInterrupted wherever the main thread is, so the run can say KILLED."""
+class GracefulStop(pl.Callback):
+    """SIGINT/SIGTERM stop the run at the next safe point, a batch boundary, never inside an MLflow write
+    (an exception there would leave the sqlite store locked). A second signal stops at once."""
 
-    def handler(signum, frame):
-        raise RunInterrupted(signum)
+    def __init__(self):
+        self.signum = None
 
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in saved:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, h in saved.items():
-            signal.signal(s, h)
+    def _handler(self, signum, frame):
+        if self.signum is not None:
+            raise RunInterrupted(signum)
+        self.signum = signum
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise RunInterrupted(self.signum)
+
+    @contextlib.contextmanager
+    def installed(self):
+        saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in saved:
+            signal.signal(s, self._handler)
+        try:
+            yield self
+        finally:
+            for s, h in saved.items():
+                signal.signal(s, h)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.check()
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.check()
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.check()
 
 
 def scalars(metrics: dict) -> dict[str, float]:
@@ -110,44 +131,50 @@ def train(cfg: DictConfig) -> dict[str, float]:
         tags.update(sweep_dir=ctx["sweep_dir"], job_num=ctx["job_num"])
     if cfg.ckpt_path:
         tags["resumed_from"] = str(cfg.ckpt_path)
-    tracker.start_run(name, tags)
+    stop = GracefulStop()
     status, reason = "FAILED", None
-    try:
-        tracker.log_config(cfg, overrides, run_dir)
-        callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-        checkpointing = next((c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint) and c.monitor), None)
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=tracker.lightning_logger())
-        trainer.callbacks.extend(tracker.callbacks())
-        with interruptible():
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
-            metrics = scalars(trainer.callback_metrics)
-            best = checkpointing.best_model_path if checkpointing is not None else ""
-            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
-        metrics.update(scalars(trainer.callback_metrics))
-        if trainer.is_global_zero:
-            pictures = write_pictures(module, datamodule, run_dir, name)
-            for p in pictures:
-                tracker.log_artifact(p, "pictures")
-            if best:
-                tracker.log_artifact(Path(best), "checkpoints")
-        status = "FINISHED"
-        if trainer.is_global_zero:
-            print_summary(metrics, tracker, run_dir, best)
-        return metrics
-    except RunInterrupted as e:
-        status, reason = "KILLED", str(e)
-        raise
-    except DivergenceError as e:
-        reason = str(e)
-        raise
-    except UserError as e:
-        reason = str(e)
-        raise
-    except BaseException as e:
-        reason = "".join(traceback.format_exception_only(type(e), e)).strip()
-        raise
-    finally:
-        tracker.finish(status, reason)
+    with stop.installed():
+        tracker.start_run(name, tags)
+        try:
+            metrics = fit_test_record(cfg, module, datamodule, tracker, stop, name, overrides, run_dir)
+            status = "FINISHED"
+            return metrics
+        except (RunInterrupted, KeyboardInterrupt, SIGTERMException) as e:
+            status, reason = "KILLED", f"interrupted ({type(e).__name__})"
+            if isinstance(e, RunInterrupted):
+                raise
+            raise RunInterrupted(signal.SIGTERM if isinstance(e, SIGTERMException) else signal.SIGINT) from e
+        except UserError as e:  # DivergenceError among them
+            reason = str(e)
+            raise
+        except BaseException as e:
+            reason = "".join(traceback.format_exception_only(type(e), e)).strip()
+            raise
+        finally:
+            tracker.finish(status, reason)
+
+
+def fit_test_record(cfg, module, datamodule, tracker, stop: GracefulStop, name, overrides, run_dir) -> dict:
+    """Fit, test the best checkpoint, write and log the pictures and the checkpoint; the metrics."""
+    tracker.log_config(cfg, overrides, run_dir)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]  # null switches one off
+    checkpointing = next((c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint) and c.monitor), None)
+    logger = tracker.lightning_logger()
+    trainer = instantiate(cfg.trainer, callbacks=[*callbacks, stop, *tracker.callbacks()], logger=logger)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    stop.check()
+    metrics = scalars(trainer.callback_metrics)
+    best = checkpointing.best_model_path if checkpointing is not None else ""
+    trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
+    metrics.update(scalars(trainer.callback_metrics))
+    stop.check()
+    if trainer.is_global_zero:
+        for p in write_pictures(module, datamodule, run_dir, name):
+            tracker.log_artifact(p, "pictures")
+        if best:
+            tracker.log_artifact(Path(best), "checkpoints")
+        print_summary(metrics, tracker, run_dir, best)
+    return metrics
 
 
 def print_summary(metrics: dict[str, float], tracker, run_dir: Path, best: str) -> None:

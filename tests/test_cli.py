@@ -1,0 +1,148 @@
+"""The command line as users type it: clear errors, truthful MLflow status, interruption and exact resume."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, mlflow_runs, run_cli
+
+pytestmark = pytest.mark.slow
+
+QUIET = ["trainer.enable_progress_bar=false", "~callbacks.progress_bar", "trainer.accelerator=cpu"]
+
+
+def tiny(tiny_data, tmp_path, *extra):
+    return [f"data.data_dir={tiny_data}", "data.val_size=100", f"hydra.run.dir={tmp_path / 'run'}", *QUIET, *extra]
+
+
+def store_env(tmp_path):
+    return {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+
+
+@pytest.mark.parametrize("override, key", [
+    ("optimizer.lr=-0.1", "optimizer.lr"), ("optimizer.lr=abc", "optimizer.lr"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("trainer.max_epochs=0", "trainer.max_epochs"), ("data.val_size=60000", "data.val_size"),
+    ("loss=margin loss.margin=0", "loss.margin"), ("loss=huber loss.delta=-1", "loss.delta"),
+    ("model.init_std=-0.01", "model.init_std"), ("data.classes=[0,0,3]", "data.classes"),
+    ("data.classes=[3]", "data.classes"), ("data.classes=[0,12]", "data.classes"),
+    ("impl=scratch optimizer=adam", "optimizer=torch.optim.Adam"), ("loss=mse loss.on=sigmoid", "loss.on"),
+])
+def test_bad_values_get_one_message_before_any_run(tiny_data, tmp_path, override, key):
+    r = run_cli(tiny(tiny_data, tmp_path, *override.split()), env=store_env(tmp_path))
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert key in out and "Traceback" not in out
+    assert not (tmp_path / "mlflow.db").exists()  # refused before any MLflow run
+
+
+@pytest.mark.parametrize("override, options", [("loss=hinge", "ce huber l1 margin mse"), ("impl=jax", "nn scratch"),
+                                               ("optimizer=lbfgs", "adam sgd")])
+def test_unknown_choices_list_the_options(tmp_path, override, options):
+    r = run_cli([override, f"hydra.run.dir={tmp_path}"])
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert all(f"\t{o}\n" in r.stderr for o in options.split()), r.stderr
+
+
+def test_missing_data_names_the_places_and_the_remedies(tmp_path):
+    r = run_cli([f"data.data_dir={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'run'}"],
+                env=store_env(tmp_path))
+    assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout
+    assert "nowhere" in r.stdout + r.stderr and "data.download=true" in r.stdout + r.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_corrupt_data_names_the_file(tiny_data, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_data, bad)
+    (bad / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
+    r = run_cli(tiny(bad, tmp_path), env=store_env(tmp_path))
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "Traceback" not in out
+    assert "train-labels-idx1-ubyte.gz: corrupt gzip" in out
+
+
+def test_unreachable_tracking_server_fails_fast(tiny_data, tmp_path):
+    t0 = time.perf_counter()
+    r = run_cli(tiny(tiny_data, tmp_path), env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert time.perf_counter() - t0 < 30
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "http://127.0.0.1:9" in out and "Traceback" not in out
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
+
+
+def test_divergence_stops_and_is_recorded_failed(tiny_data, tmp_path):
+    r = run_cli(tiny(tiny_data, tmp_path, "loss=mse", "optimizer.lr=1e6"), env=store_env(tmp_path))
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "Traceback" not in out
+    assert re.search(r"diverged: the loss became (nan|inf|-inf) at epoch \d+, step \d+", out), out
+    assert "smaller learning rate than optimizer.lr=1e+06" in out
+    _, runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert "diverged" in runs[0].data.tags["failure_reason"]
+
+
+def test_a_bug_still_shows_its_traceback(tiny_data, tmp_path):
+    r = run_cli(tiny(tiny_data, tmp_path, "+trainer.no_such_trainer_arg=1"), env=store_env(tmp_path))
+    assert r.returncode == 1
+    assert "no_such_trainer_arg" in r.stderr
+
+
+def _weights(ckpt):
+    return torch.load(ckpt, weights_only=True)["state_dict"]
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_is_killed_and_resume_is_exact(tiny_data, tmp_path, signum, code):
+    epochs = 40
+    args = [f"data.data_dir={tiny_data}", "data.val_size=100", *QUIET, f"trainer.max_epochs={epochs}",
+            "impl=scratch", "optimizer.momentum=0.9"]
+    env = {**store_env(tmp_path), "PYTHONWARNINGS": "ignore"}
+    run_dir = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, "src/train.py", *args, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                            env={**__import__("os").environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until a few epochs are done
+        if last.exists():
+            try:
+                if torch.load(last, weights_only=True)["epoch"] >= 2:
+                    break
+            except Exception:
+                pass  # being written
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == code, out
+    assert "KILLED" in out and "Traceback" not in out
+    client, runs = mlflow_runs(env["MLFLOW_TRACKING_URI"])
+    assert [r.info.status for r in runs] == ["KILLED"]
+    stopped_at = torch.load(last, weights_only=True)["epoch"]
+    assert stopped_at < epochs - 1, "the run finished before the signal arrived"
+
+    resumed = run_cli([*args, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}"], env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    straight = run_cli([*args, f"hydra.run.dir={tmp_path / 'straight'}"], env=env)
+    assert straight.returncode == 0
+    a = _weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    b = _weights(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    assert torch.equal(a["net.W"], b["net.W"]) and torch.equal(a["net.b"], b["net.b"])
+    _, runs = mlflow_runs(env["MLFLOW_TRACKING_URI"])
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(finished) == 2 and finished[0].data.metrics["test/acc"] == finished[1].data.metrics["test/acc"]
+    assert any(r.data.tags.get("resumed_from") == str(last) for r in finished)
+
+
+def test_make_ui_binds_loopback_only():
+    out = subprocess.run(["make", "-n", "ui"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "--host 127.0.0.1" in out and "--workers 1" in out and "0.0.0.0" not in out

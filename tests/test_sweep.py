@@ -1,0 +1,90 @@
+"""Sweeps through the real CLI: one parent run, a child per job, a summary; failures isolated; launchers."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from conftest import mlflow_runs, run_cli
+
+pytestmark = pytest.mark.slow
+
+QUIET = ["trainer.enable_progress_bar=false", "~callbacks.progress_bar", "trainer.accelerator=cpu"]
+
+
+def sweep(tiny_data, tmp_path, *args, launcher=()):
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    r = run_cli(["-m", f"data.data_dir={tiny_data}", "data.val_size=100", "trainer.max_epochs=2", *QUIET,
+                 f"hydra.sweep.dir={tmp_path / 'sweep'}", *launcher, *args], env=env, timeout=600)
+    client, runs = mlflow_runs(env["MLFLOW_TRACKING_URI"])
+    parents = [x for x in runs if "mlflow.parentRunId" not in x.data.tags]
+    children = [x for x in runs if "mlflow.parentRunId" in x.data.tags]
+    return r, client, parents, children
+
+
+def read_summary(tmp_path):
+    with (tmp_path / "sweep" / "sweep_summary.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_loss_by_impl_sweep_is_one_parent_with_children_and_a_summary(tiny_data, tmp_path):
+    r, client, parents, children = sweep(tiny_data, tmp_path, "loss=ce,mse", "impl=scratch,nn")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
+    assert sorted(c.info.run_name for c in children) == [
+        "loss=ce impl=nn", "loss=ce impl=scratch", "loss=mse impl=nn", "loss=mse impl=scratch"]
+    assert sorted(int(c.data.tags["job_num"]) for c in children) == [0, 1, 2, 3]
+    assert all(c.data.tags["sweep_dir"] == str(tmp_path / "sweep") for c in children)
+    rows = read_summary(tmp_path)
+    expected = [("ce", "scratch"), ("ce", "nn"), ("mse", "scratch"), ("mse", "nn")]
+    assert [(x["loss"], x["impl"]) for x in rows] == expected
+    by_id = {c.info.run_id: c for c in children}
+    for row in rows:
+        assert float(row["test_acc"]) == pytest.approx(by_id[row["run_id"]].data.metrics["test/acc"])
+        assert row["status"] == "FINISHED" and float(row["epoch_s"]) > 0
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
+    assert arts == {"summary/sweep_summary.csv", "summary/sweep_summary.md", "summary/sweep_summary.png"}
+    assert "| ce | scratch | FINISHED |" in (tmp_path / "sweep" / "sweep_summary.md").read_text()
+    assert "Sweep summary (4 jobs, 0 failed" in r.stdout
+
+
+def test_a_diverging_job_fails_alone(tiny_data, tmp_path):
+    r, _, parents, children = sweep(tiny_data, tmp_path, "loss=mse", "optimizer.lr=1e6,0.01")
+    assert r.returncode == 1  # the sweep says a job failed
+    assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED"]
+    failed = next(c for c in children if c.info.status == "FAILED")
+    assert "diverged" in failed.data.tags["failure_reason"]
+    rows = read_summary(tmp_path)
+    assert sorted(x["status"] for x in rows) == ["FAILED", "FINISHED"]
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_into_one_store(tiny_data, tmp_path):
+    r, _, parents, children = sweep(tiny_data, tmp_path, "loss=ce,mse", "impl=scratch,nn",
+                                    launcher=["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(parents) == 1 and len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    assert "database is locked" not in r.stdout + r.stderr
+
+
+def test_submitit_local_launcher(tiny_data, tmp_path):
+    r, _, parents, children = sweep(tiny_data, tmp_path, "loss=ce,margin",
+                                    launcher=["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(parents) == 1 and sorted(c.info.run_name for c in children) == ["loss=ce impl=nn", "loss=margin impl=nn"]
+    assert all(c.info.status == "FINISHED" for c in children)
+
+
+def test_optuna_search_writes_and_logs_the_best_parameters(tiny_data, tmp_path):
+    r, client, parents, children = sweep(tiny_data, tmp_path, "hparams_search=optuna",
+                                         "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(children) == 3 and len(parents) == 1
+    best = (tmp_path / "sweep" / "optimization_results.yaml").read_text()
+    assert "best_params" in best and "optimizer.lr" in best
+    arts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "summary")}
+    assert "summary/optimization_results.yaml" in arts
