@@ -33,3 +33,23 @@ class SaveInitialCheckpoint(pl.Callback):
     def on_train_start(self, trainer, pl_module):
         if not self.path.exists():  # every rank: save_checkpoint is collective, rank 0 writes
             trainer.save_checkpoint(self.path)
+
+
+class ReplicaCheck(pl.Callback):
+    """Under DDP, gather every rank's parameters after training and record how far the replicas drifted
+    apart (0.0 when they stayed identical) in `path` and as the metric `ddp/replica_max_abs_diff`."""
+
+    def __init__(self, path: str | None = None):
+        self.path = Path(path) if path else None
+
+    def on_train_end(self, trainer, pl_module):
+        import torch
+
+        flat = torch.cat([p.detach().reshape(-1) for p in pl_module.net.parameters()])
+        gathered = pl_module.all_gather(flat).reshape(trainer.world_size, -1)
+        diff = (gathered - gathered[0]).abs().max().item()
+        if trainer.is_global_zero:
+            if self.path is not None:
+                self.path.write_text(f"{trainer.world_size} {diff!r}\n")
+            for logger in trainer.loggers:
+                logger.log_metrics({"ddp/replica_max_abs_diff": diff}, step=trainer.global_step)

@@ -12,6 +12,7 @@ torch.load(weights_only=True) and eval.py rebuilds the exact model from the chec
 from __future__ import annotations
 
 import time
+import warnings
 
 import pytorch_lightning as pl
 import torch
@@ -21,6 +22,10 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from softmax_lab.errors import ConfigError, DivergenceError
 from softmax_lab.models import ScratchSGD, ScratchSoftmaxRegression, make_nn_model
+
+# Epoch-level values are reduced across DDP processes here (torchmetrics' compute, strategy.reduce of the sums),
+# so Lightning's advice to add sync_dist=True does not apply.
+warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
 
 DEFAULT_LOSS = {"_target_": "softmax_lab.losses.CrossEntropy"}
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.SGD", "lr": 0.1}

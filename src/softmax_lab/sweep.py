@@ -20,12 +20,22 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from softmax_lab.tracking import PARENT_RUN_ENV, connect, resolve_tracking_uri
+from softmax_lab.training import SWEPT_KEYS_ENV
 
 log = logging.getLogger(__name__)
 
 FAILED_JOBS = 0  # read by src/train.py to exit non-zero when a job failed
 COLUMNS = ["job", "overrides", "loss", "impl", "status", "val_acc_best", "test_acc", "epoch_s", "run_id",
            "failure_reason"]
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    """The keys a sweep varies: `key=a,b`, `key=range(...)`/`choice(...)`, and a sweeper's own params (Optuna)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
+    return keys + list((config.hydra.sweeper.get("params") or {}).keys())
 
 
 def summary_rows(client, experiment_id: str, parent_run_id: str) -> list[dict]:
@@ -86,6 +96,7 @@ class MlflowSweepCallback(Callback):
                                            "launcher": config.hydra.launcher.get("_target_", "")})
         self.parent_run_id = run.info.run_id
         os.environ[PARENT_RUN_ENV] = self.parent_run_id
+        os.environ[SWEPT_KEYS_ENV] = ",".join(swept_keys(config))
         log.info("sweep recorded as MLflow parent run %s", self.parent_run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
@@ -93,6 +104,7 @@ class MlflowSweepCallback(Callback):
         if self.parent_run_id is None:
             return
         os.environ.pop(PARENT_RUN_ENV, None)
+        os.environ.pop(SWEPT_KEYS_ENV, None)
         try:
             rows = summary_rows(self.client, self.experiment_id, self.parent_run_id)
             FAILED_JOBS = sum(r["status"] != "FINISHED" for r in rows)

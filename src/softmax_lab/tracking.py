@@ -29,6 +29,12 @@ MAX_PARAM_VALUE = 6000  # MLflow 3's limit on a param value
 MAX_TAG_VALUE = 5000
 
 
+def launched_as_rank_zero() -> bool:
+    """Whether this process is global rank 0, read from the launcher's environment (Lightning's DDP
+    children, torchrun, SLURM) before any Trainer exists: only rank 0 writes to MLflow."""
+    return all(int(os.environ.get(k, "0") or 0) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
 def default_tracking_uri() -> str:
     return f"sqlite:///{PROJECT_ROOT / 'outputs' / 'mlflow.db'}"
 

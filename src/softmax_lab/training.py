@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import traceback
 from pathlib import Path
@@ -21,12 +22,14 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from softmax_lab.config import validate_config
 from softmax_lab.errors import RunInterrupted, UserError
-from softmax_lab.tracking import git_state
+from softmax_lab.tracking import NoTracking, git_state, launched_as_rank_zero
 
 log = logging.getLogger(__name__)
 
-# Overrides that say where things go, not what is trained: left out of run names.
-_PLACE_KEYS = ("hydra.", "paths.", "logger.", "+hydra", "ckpt_path")
+# Overrides that say where or how things run, not what is trained: left out of run names.
+_PLACE_KEYS = ("hydra.", "paths.", "logger.", "+hydra", "ckpt_path", "~", "data.data_dir", "data.download",
+               "trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar", "callbacks.")
+SWEPT_KEYS_ENV = "SOFTMAX_LAB_SWEPT_KEYS"  # set by the sweep callback: a job is named by what its sweep varies
 
 
 def hydra_context() -> dict:
@@ -45,6 +48,9 @@ def run_name(cfg: DictConfig, overrides: list[str]) -> str:
     loss = type(instantiate(cfg.loss)).name if "_target_" in cfg.loss else "?"
     head = [f"loss={loss}", f"impl={cfg.model.impl}"]
     rest = [o for o in overrides if not o.startswith(("loss=", "impl=", *_PLACE_KEYS))]
+    swept = os.environ.get(SWEPT_KEYS_ENV)
+    if swept is not None:
+        rest = [o for o in rest if o.split("=", 1)[0].lstrip("+~") in swept.split(",")]
     return " ".join(head + rest)
 
 
@@ -122,7 +128,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                          class_names=datamodule.class_names, _recursive_=False, _convert_="all")
     name = run_name(cfg, overrides)
     datamodule.load()  # read and validate the files: a DataError stops here, before MLflow
-    tracker = instantiate(cfg.logger)
+    tracker = instantiate(cfg.logger) if launched_as_rank_zero() else NoTracking()
     tracker.connect()  # an unreachable store stops here, before training
 
     tags = {"overrides": " ".join(overrides) or "(defaults)", "run_dir": str(run_dir),
