@@ -1,0 +1,191 @@
+"""How fast is an epoch, and where does a run's time go? `make bench` (or `python benchmarks/bench.py`).
+
+In one process, on the same in-memory batches (batch 256, the 55k training split):
+  textbook_w0/w2  torchvision FashionMNIST + ToTensor + DataLoader (0 / 2 workers), hand-written softmax,
+                  cross-entropy and SGD: the d2l chapter's pipeline
+  plain_autograd  a plain torch loop: nn.Linear + F.cross_entropy + autograd + torch.optim.SGD
+  plain_analytic  the same loop with this project's analytic gradient and SGD step
+  ours_nn/scratch src/train.py's train() with everything a user gets: Trainer, DataModule, metrics,
+                  checkpoints, progress bar and MLflow logging (into a temporary store)
+Each is reported as the median epoch after a warm-up epoch, and as a ratio to plain_autograd. Then the
+end-to-end wall time and peak memory of `python src/train.py` (10 epochs) and of the 8-job loss x impl sweep,
+each in a fresh process. Results: a table, and outputs/bench/epoch.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from softmax_lab.data import FashionMNISTDataModule, locate_fashion_mnist  # noqa: E402
+from softmax_lab.losses import CrossEntropy  # noqa: E402
+from softmax_lab.models import ScratchSGD, ScratchSoftmaxRegression  # noqa: E402
+
+BATCH = 256
+
+
+def median_after_warmup(times: list[float]) -> float:
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+def plain_autograd(X, y, epochs):
+    torch.manual_seed(0)
+    net, times = nn.Linear(784, 10), []
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(epochs):
+        t = time.perf_counter()
+        perm = torch.randperm(len(X))
+        for i in range(0, len(X), BATCH):
+            j = perm[i : i + BATCH]
+            loss = F.cross_entropy(net(X[j]), y[j])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def plain_analytic(X, y, epochs):
+    torch.manual_seed(0)
+    model, loss, times = ScratchSoftmaxRegression(), CrossEntropy(), []
+    sgd = ScratchSGD([model.W, model.b], lr=0.1)
+    for _ in range(epochs):
+        t = time.perf_counter()
+        perm = torch.randperm(len(X))
+        with torch.no_grad():
+            for i in range(0, len(X), BATCH):
+                j = perm[i : i + BATCH]
+                Xb, yb = X[j], y[j]
+                sgd.step([model.W, model.b], list(model.grads(Xb, loss.grad(model(Xb), yb))))
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def textbook(raw_root: Path, workers: int, epochs: int):
+    import torchvision
+    from torch.utils import data
+    from torchvision import transforms
+
+    ds = torchvision.datasets.FashionMNIST(str(raw_root), train=True, transform=transforms.ToTensor(), download=False)
+    it = data.DataLoader(ds, BATCH, shuffle=True, num_workers=workers)
+    W = torch.normal(0, 0.01, size=(784, 10), requires_grad=True)
+    b = torch.zeros(10, requires_grad=True)
+    times = []
+    for _ in range(epochs):
+        t = time.perf_counter()
+        for Xb, yb in it:
+            E = torch.exp(Xb.reshape(-1, 784) @ W + b)
+            P = E / E.sum(1, keepdim=True)
+            (-torch.log(P[range(len(yb)), yb])).sum().backward()
+            with torch.no_grad():
+                for p in (W, b):
+                    p -= 0.1 * p.grad / len(yb)
+                    p.grad.zero_()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def raw_copy(tmp: Path) -> Path:
+    """torchvision wants FashionMNIST/raw/*-ubyte uncompressed."""
+    raw = tmp / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for path in locate_fashion_mnist().values():
+        data = path.read_bytes()
+        (raw / path.name.removesuffix(".gz")).write_bytes(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
+    return tmp
+
+
+def ours(impl: str, epochs: int, store: str) -> list[float]:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from softmax_lab.config import CONFIG_DIR, register_resolvers
+    from softmax_lab.training import train
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    out = Path(tempfile.mkdtemp(prefix=f"bench-{impl}-"))
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"impl={impl}", "loss=ce", "optimizer.lr=0.1", f"trainer.max_epochs={epochs}",
+                                          f"logger.tracking_uri={store}", f"paths.output_dir={out}"])
+    train(cfg)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("fashion-mnist-softmax")
+    run = client.search_runs([exp.experiment_id], order_by=["start_time DESC"], max_results=1)[0]
+    return [m.value for m in sorted(client.get_metric_history(run.info.run_id, "time/epoch_s"), key=lambda m: m.step)]
+
+
+def timed_process(args: list[str], store: str) -> dict:
+    """Wall seconds and peak resident memory (MB) of `python src/train.py ARGS` in a fresh process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "src/train.py", *args], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "MLFLOW_TRACKING_URI": store})
+    wall = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if r.returncode != 0:
+        raise SystemExit(f"`src/train.py {' '.join(args)}` failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(max(peak, before) / 1024, 1) if peak > before else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=6, help="epochs per measurement (the first is a warm-up)")
+    ap.add_argument("--textbook-epochs", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="2 epochs, no textbook, no end-to-end runs (a smoke test)")
+    ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "epoch.json"))
+    a = ap.parse_args()
+    epochs = 2 if a.quick else a.epochs
+    tmp = Path(tempfile.mkdtemp(prefix="softmax-lab-bench-"))
+    store = f"sqlite:///{tmp / 'mlflow.db'}"
+
+    dm = FashionMNISTDataModule()
+    dm.load()
+    X, y = dm.splits["train"]
+    results = {"plain_autograd": plain_autograd(X, y, epochs), "plain_analytic": plain_analytic(X, y, epochs),
+               "ours_nn": ours("nn", epochs, store), "ours_scratch": ours("scratch", epochs, store)}
+    if not a.quick:
+        root = raw_copy(tmp / "raw")
+        for w in (0, 2):
+            results[f"textbook_w{w}"] = textbook(root, w, a.textbook_epochs)
+    base = median_after_warmup(results["plain_autograd"])
+    table = {k: {"median_epoch_s": round(median_after_warmup(v), 4), "ratio_vs_plain": round(median_after_warmup(v) / base, 2),
+                 "epochs": len(v)} for k, v in results.items()}
+    report = {"device": "cpu", "threads": torch.get_num_threads(), "batch_size": BATCH, "epoch": table}
+    if not a.quick:
+        report["e2e_default_run"] = timed_process(["hydra.run.dir=" + str(tmp / "e2e")], store)
+        report["e2e_sweep_8_jobs"] = timed_process(["-m", "loss=ce,mse,margin,huber", "impl=scratch,nn",
+                                                    "hydra.sweep.dir=" + str(tmp / "sweep")], store)
+
+    print(f"\n{'pipeline':16s} {'median epoch s':>15s} {'x plain loop':>13s}")
+    for k, v in table.items():
+        print(f"{k:16s} {v['median_epoch_s']:15.3f} {v['ratio_vs_plain']:13.2f}")
+    for k in ("e2e_default_run", "e2e_sweep_8_jobs"):
+        if k in report:
+            print(f"{k}: {report[k]['wall_s']} s wall, peak {report[k]['peak_rss_mb']} MB")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""A real `mlflow server` on loopback serves a training run over the REST API the UI uses."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from conftest import ROOT
+
+from softmax_lab.training import train
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url, body):
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read()
+
+
+def test_the_ui_server_serves_the_run_with_its_pictures(make_cfg, tmp_path):
+    metrics = train(make_cfg("loss=huber", "impl=scratch"))
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=ROOT, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                exps = json.loads(get(f"{base}/api/2.0/mlflow/experiments/search?max_results=10"))
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
+                time.sleep(0.5)
+        ids = [e["experiment_id"] for e in exps["experiments"] if e["name"] == "fashion-mnist-softmax"]
+        runs = post(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": ids})["runs"]
+        assert len(runs) == 1
+        run = runs[0]
+        assert run["info"]["status"] == "FINISHED" and run["info"]["run_name"] == "loss=huber impl=scratch"
+        got = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        assert got["test/acc"] == pytest.approx(metrics["test/acc"])
+        run_id = run["info"]["run_id"]
+        listed = json.loads(get(f"{base}/api/2.0/mlflow/artifacts/list?run_id={run_id}&path=pictures"))
+        assert {f["path"] for f in listed["files"]} >= {"pictures/curves.png", "pictures/samples.png"}
+        png = get(f"{base}/get-artifact?path=pictures/curves.png&run_uuid={run_id}")
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
