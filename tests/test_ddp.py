@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from conftest import mlflow_runs, run_cli
 
 pytestmark = pytest.mark.slow
@@ -14,7 +15,7 @@ def test_ddp_cpu_keeps_replicas_identical_and_logs_once(tiny_data, tmp_path, imp
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     r = run_cli([f"impl={impl}", "trainer=ddp_cpu", f"data.data_dir={tiny_data}", "data.val_size=100",
                  "trainer.max_epochs=3", "optimizer.momentum=0.9", "trainer.enable_progress_bar=false",
-                 "~callbacks.progress_bar", f"+callbacks.replicas._target_=softmax_lab.callbacks.ReplicaCheck",
+                 "~callbacks.progress_bar", "+callbacks.replicas._target_=softmax_lab.callbacks.ReplicaCheck",
                  f"+callbacks.replicas.path={check}", f"hydra.run.dir={tmp_path / 'run'}"], env=env, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     world, diff = check.read_text().split()

@@ -11,8 +11,8 @@ import time
 import urllib.request
 
 import pytest
-from conftest import ROOT
 
+from conftest import ROOT
 from softmax_lab.training import train
 
 pytestmark = pytest.mark.slow
