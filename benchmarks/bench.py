@@ -111,7 +111,7 @@ def raw_copy(tmp: Path) -> Path:
     return tmp
 
 
-def ours(impl: str, epochs: int, store: str) -> list[float]:
+def ours(impl: str, epochs: int, store: str, overrides: list[str]) -> list[float]:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -123,7 +123,7 @@ def ours(impl: str, epochs: int, store: str) -> list[float]:
     out = Path(tempfile.mkdtemp(prefix=f"bench-{impl}-"))
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"impl={impl}", "loss=ce", "optimizer.lr=0.1", f"trainer.max_epochs={epochs}",
-                                          f"logger.tracking_uri={store}", f"paths.output_dir={out}"])
+                                          f"logger.tracking_uri={store}", f"paths.output_dir={out}", *overrides])
     train(cfg)
     from mlflow.tracking import MlflowClient
 
@@ -150,10 +150,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=6, help="epochs per measurement (the first is a warm-up)")
     ap.add_argument("--textbook-epochs", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="2 epochs, no textbook, no end-to-end runs (a smoke test)")
+    ap.add_argument("--quick", action="store_true", help="no textbook pipeline, no end-to-end runs")
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "epoch.json"))
+    ap.add_argument("--override", action="append", default=[], help="a config override for our runs, repeatable")
     a = ap.parse_args()
-    epochs = 2 if a.quick else a.epochs
+    epochs = a.epochs
     tmp = Path(tempfile.mkdtemp(prefix="softmax-lab-bench-"))
     store = f"sqlite:///{tmp / 'mlflow.db'}"
 
@@ -161,7 +162,8 @@ def main() -> None:
     dm.load()
     X, y = dm.splits["train"]
     results = {"plain_autograd": plain_autograd(X, y, epochs), "plain_analytic": plain_analytic(X, y, epochs),
-               "ours_nn": ours("nn", epochs, store), "ours_scratch": ours("scratch", epochs, store)}
+               "ours_nn": ours("nn", epochs, store, a.override),
+               "ours_scratch": ours("scratch", epochs, store, a.override)}
     if not a.quick:
         root = raw_copy(tmp / "raw")
         for w in (0, 2):
@@ -170,7 +172,8 @@ def main() -> None:
     table = {k: {"median_epoch_s": round(median_after_warmup(v), 4),
                  "ratio_vs_plain": round(median_after_warmup(v) / base, 2), "epochs": len(v)}
              for k, v in results.items()}
-    report = {"device": "cpu", "threads": torch.get_num_threads(), "batch_size": BATCH, "epoch": table}
+    report = {"device": "cpu", "threads": torch.get_num_threads(), "batch_size": BATCH, "overrides": a.override,
+              "epoch": table}
     if not a.quick:
         report["e2e_default_run"] = timed_process(["hydra.run.dir=" + str(tmp / "e2e")], store)
         report["e2e_sweep_8_jobs"] = timed_process(["-m", "loss=ce,mse,margin,huber", "impl=scratch,nn",

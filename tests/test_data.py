@@ -153,7 +153,7 @@ def test_split_sizes_types_and_ranges(tiny_data):
     dm.setup("fit")
     sizes = {k: len(v[0]) for k, v in dm.splits.items()}
     assert sizes == {"train": 500, "val": 100, "test": 200}
-    X, y = next(iter(dm.train_dataloader()))
+    X, y = next(iter(dm.train_dataloader()))[0]  # the first minibatch of the first group
     assert X.shape == (64, 784) and X.dtype == torch.float32 and y.dtype == torch.int64
     assert 0.0 <= X.min() and X.max() <= 1.0 and X.max() > 0.5
     assert dm.num_inputs == 784 and dm.num_classes == 10 and dm.class_names[9] == "ankle boot"
@@ -188,6 +188,15 @@ def test_batch_order_depends_only_on_seed_and_epoch():
 
     assert torch.equal(order(1, 3), order(1, 3))
     assert not torch.equal(order(1, 3), order(1, 4)) and not torch.equal(order(1, 3), order(2, 3))
+
+
+def test_groups_of_minibatches_cover_the_epoch_in_order():
+    X, y = torch.arange(100.0)[:, None], torch.arange(100)
+    flat = TensorBatches(X, y, 8, shuffle=True, seed=5)
+    grouped = TensorBatches(X, y, 8, shuffle=True, seed=5, group=3)
+    groups = list(grouped)
+    assert [len(g) for g in groups] == [3, 3, 3, 3, 1] and len(grouped) == 5 and grouped.num_minibatches == 13
+    assert all(torch.equal(a[1], b[1]) for a, b in zip([b for g in groups for b in g], flat, strict=True))
 
 
 def test_ddp_shares_are_disjoint_and_equal():
@@ -226,9 +235,10 @@ def test_batches_live_on_the_training_device(tiny_data):
             self.w = torch.nn.Parameter(torch.zeros(784, 10))
             self.devices = set()
 
-        def training_step(self, batch, i):
-            self.devices.add((batch[0].device.type, batch[0].data_ptr() != 0))
-            return (batch[0] @ self.w).sum()
+        def training_step(self, group, i):
+            X, _ = group[0]
+            self.devices.add((X.device.type, X.data_ptr() != 0))
+            return (X @ self.w).sum()
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -257,7 +267,9 @@ def test_real_split_and_batches(real_data):
     dm = FashionMNISTDataModule(data_dir=str(real_data))
     dm.setup("fit")
     assert [len(dm.splits[s][0]) for s in ("train", "val", "test")] == [55000, 5000, 10000]
-    X, y = next(iter(dm.train_dataloader()))
+    X, y = next(iter(dm.train_dataloader()))[0]
     assert X.shape == (256, 784) and X.dtype == torch.float32 and y.dtype == torch.int64
     assert X.min() >= 0 and X.max() <= 1
-    assert len(dm.train_dataloader()) == 215  # 214 full batches and the last partial one
+    loader = dm.train_dataloader()
+    assert loader.num_minibatches == 215 and len(loader) == 27  # 214 full batches, the last partial; groups of 8
+    assert len(list(loader.minibatches())[-1][1]) == 55000 - 214 * 256

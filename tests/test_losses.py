@@ -48,6 +48,15 @@ def test_extreme_logits_stay_finite_and_agree(name, opts):
     torch.testing.assert_close(g, grad(lambda o: loss.torch_value(o, y))(O), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("name, opts", CASES, ids=IDS)
+def test_value_and_grad_in_one_pass_agree(name, opts):
+    loss = LOSSES[name](**opts)
+    O, y = batch(5.0)
+    value, g = loss.value_and_grad(O, y)
+    torch.testing.assert_close(value, loss.value(O, y), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g, loss.grad(O, y), rtol=1e-12, atol=1e-12)
+
+
 def test_formulas_on_a_hand_computed_example():
     O, y = torch.tensor([[2.0, 0.0, -1.0]], dtype=torch.float64), torch.tensor([0])
     lse = torch.log(torch.exp(torch.tensor(2.0)) + 1 + torch.exp(torch.tensor(-1.0))).double()

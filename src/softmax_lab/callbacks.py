@@ -9,7 +9,21 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 
 
 class TrainProgressBar(TQDMProgressBar):
-    """tqdm bar showing the epoch's running train loss and accuracy (read every refresh, not every step)."""
+    """tqdm bar counting minibatches (SGD steps), with the epoch's running train loss and accuracy.
+
+    A Lightning step holds several minibatches (data.batches_per_step); the bar counts the minibatches.
+    """
+
+    @property
+    def total_train_batches(self):
+        return getattr(self.trainer.train_dataloader, "num_minibatches", None) or super().total_train_batches
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        bar, n = self.train_progress_bar, getattr(pl_module, "steps_this_epoch", batch_idx + 1)
+        if self.is_enabled and (n - bar.n >= self.refresh_rate or n == bar.total):
+            bar.n = n
+            bar.refresh()
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
 
     def get_metrics(self, trainer, pl_module):
         metrics = super().get_metrics(trainer, pl_module)

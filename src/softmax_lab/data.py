@@ -193,10 +193,14 @@ class TensorBatches:
     Under DDP each process takes a disjoint share (every world_size-th index) of the epoch's
     permutation. The last partial batch is kept. Lightning calls `sampler.set_epoch(epoch)` before
     each epoch, so resuming from a checkpoint replays the same batches.
+
+    With `group=K` it yields lists of K minibatches (the last list may be shorter): the module takes
+    one SGD step per minibatch, and Lightning's per-step hooks, which cost about as much as a
+    minibatch of this model, run once per K steps.
     """
 
-    def __init__(self, X, y, batch_size, shuffle=False, seed=0, rank=0, world_size=1):
-        self.X, self.y, self.batch_size = X, y, batch_size
+    def __init__(self, X, y, batch_size, shuffle=False, seed=0, rank=0, world_size=1, group=None):
+        self.X, self.y, self.batch_size, self.group = X, y, batch_size, group
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.epoch = 0
         # Lightning looks for `sampler.set_epoch` before each epoch (and for `batch_sampler` beside it).
@@ -216,12 +220,16 @@ class TensorBatches:
             order = torch.arange(n)
         return order[self.rank :: self.world_size].to(self.X.device)
 
-    def __len__(self) -> int:
-        n = len(self.X)
-        share = (n - n % self.world_size) // self.world_size if self.shuffle else -(-(n - self.rank) // self.world_size)
+    @property
+    def num_minibatches(self) -> int:
+        n, world = len(self.X), self.world_size
+        share = (n - n % world) // world if self.shuffle else -(-(n - self.rank) // world)
         return -(-share // self.batch_size)
 
-    def __iter__(self):
+    def __len__(self) -> int:
+        return -(-self.num_minibatches // self.group) if self.group else self.num_minibatches
+
+    def minibatches(self):
         if not self.shuffle and self.world_size == 1:  # contiguous views, no copy
             for i in range(0, len(self.X), self.batch_size):
                 yield self.X[i : i + self.batch_size], self.y[i : i + self.batch_size]
@@ -230,6 +238,19 @@ class TensorBatches:
         for i in range(0, len(idx), self.batch_size):
             j = idx[i : i + self.batch_size]
             yield self.X[j], self.y[j]
+
+    def __iter__(self):
+        if not self.group:
+            yield from self.minibatches()
+            return
+        chunk = []
+        for b in self.minibatches():
+            chunk.append(b)
+            if len(chunk) == self.group:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
 
 class FashionMNISTDataModule(pl.LightningDataModule):
@@ -244,7 +265,7 @@ class FashionMNISTDataModule(pl.LightningDataModule):
     def __init__(self, data_dir: str | None = None, download: bool = False, batch_size: int = 256,
                  val_size: int = 5000, normalize: bool = False, resize: int | None = None,
                  classes: list[int] | None = None, split_seed: int = 0, shuffle_seed: int = 0,
-                 eval_batch_size: int = 2048):
+                 eval_batch_size: int = 2048, batches_per_step: int = 8):
         super().__init__()
         # Saved in checkpoints (plain values), so eval.py prepares the data exactly as in training.
         self.save_hyperparameters(logger=False)
@@ -253,6 +274,7 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         self.normalize, self.resize = normalize, resize
         self.classes = list(classes) if classes is not None else None
         self.split_seed, self.shuffle_seed = split_seed, shuffle_seed
+        self.batches_per_step = batches_per_step
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.mean, self.std = 0.0, 1.0
 
@@ -321,13 +343,15 @@ class FashionMNISTDataModule(pl.LightningDataModule):
             if X.device != device:
                 self.splits[name] = (X.to(device), y.to(device))
 
-    def _batches(self, split: str, batch_size: int, shuffle: bool) -> TensorBatches:
+    def _batches(self, split: str, batch_size: int, shuffle: bool, group=None) -> TensorBatches:
         X, y = self.splits[split]
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
-        return TensorBatches(X, y, batch_size, shuffle=shuffle, seed=self.shuffle_seed, rank=rank, world_size=world)
+        return TensorBatches(X, y, batch_size, shuffle=shuffle, seed=self.shuffle_seed, rank=rank, world_size=world,
+                             group=group)
 
     def train_dataloader(self):
-        return self._batches("train", self.batch_size, shuffle=True)
+        """Lists of `batches_per_step` minibatches: one Lightning step, that many SGD steps."""
+        return self._batches("train", self.batch_size, shuffle=True, group=self.batches_per_step)
 
     def val_dataloader(self):
         return self._batches("val", self.eval_batch_size, shuffle=False)

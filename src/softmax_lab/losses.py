@@ -55,6 +55,10 @@ class Loss(ABC):
     @abstractmethod
     def torch_value(self, O, y): ...
 
+    def value_and_grad(self, O, y):
+        """(value, grad) in one pass where the two share work (the training step of impl=scratch)."""
+        return self.value(O, y), self.grad(O, y)
+
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in vars(self).items() if k != "default_lr")
         return f"{type(self).__name__}({opts})"
@@ -73,6 +77,16 @@ class CrossEntropy(Loss):
 
     def torch_value(self, O, y):
         return F.cross_entropy(O, y)
+
+    def value_and_grad(self, O, y):
+        m = O.max(dim=1, keepdim=True).values
+        E = (O - m).exp_()  # one softmax for both
+        s = E.sum(dim=1, keepdim=True)
+        rows = torch.arange(len(O), device=O.device)
+        value = (s.log() + m).squeeze(1).sub_(O[rows, y]).mean()
+        G = E.div_(s)
+        G[rows, y] -= 1
+        return value, G.div_(len(O))
 
 
 class _OnOneHot(Loss):

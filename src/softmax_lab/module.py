@@ -57,6 +57,7 @@ class SoftmaxRegressionModule(pl.LightningModule):
                                    "num_classes": num_classes, "init_std": init_std,
                                    "class_names": class_names, "log_every_n_steps": log_every_n_steps}, logger=False)
         self.loss_fn = instantiate(loss)
+        self.automatic_optimization = False  # both take one SGD step per minibatch of a group (below)
         if impl == "scratch":
             if not _is_sgd(optimizer):
                 raise ConfigError(f"impl=scratch trains with its own hand-written SGD, so optimizer="
@@ -68,7 +69,6 @@ class SoftmaxRegressionModule(pl.LightningModule):
                 raise ConfigError(f"impl=scratch's SGD supports optimizer.{{{supported}}}; "
                                   f"got also {', '.join('optimizer.' + k for k in sorted(extra))}. Fix: remove "
                                   "them, or use impl=nn.")
-            self.automatic_optimization = False
             self.net = ScratchSoftmaxRegression(num_inputs, num_classes, init_std)
             self.sgd = ScratchSGD([self.net.W, self.net.b],
                                   **{k: v for k, v in optimizer.items() if k in SCRATCH_SGD_OPTIONS})
@@ -80,7 +80,9 @@ class SoftmaxRegressionModule(pl.LightningModule):
 
         # Train accuracy and loss are running sums (a torchmetrics update costs 10% of a step here);
         # validation and test use torchmetrics, whose batches are few and large.
-        self.register_buffer("_sums", torch.zeros(3), persistent=False)  # loss * n, correct, n
+        self.register_buffer("_loss_sum", torch.zeros(()), persistent=False)  # sum of loss * batch size
+        self.register_buffer("_correct", torch.zeros((), dtype=torch.long), persistent=False)
+        self._seen = 0
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc_best = MaxMetric()
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
@@ -90,6 +92,7 @@ class SoftmaxRegressionModule(pl.LightningModule):
         self.history: list[dict[str, float]] = []  # per epoch, for the curves; saved in checkpoints
         self.test_results: dict[str, float] = {}
         self._epoch_start = self._train_record = None
+        self.steps_this_epoch = 0
 
     # ----------------------------------------------------------------------------------------
     # The model
@@ -110,46 +113,71 @@ class SoftmaxRegressionModule(pl.LightningModule):
         return instantiate(self.hparams.optimizer, params=self.parameters())
 
     # ----------------------------------------------------------------------------------------
-    # Training
+    # Training: one Lightning step is a group of minibatches (data.batches_per_step), one SGD step each.
+    # Lightning's per-step machinery costs about as much as a minibatch of this model, so it runs once
+    # per group; trainer.global_step still counts SGD steps (one optimizer.step() per minibatch).
 
-    def training_step(self, batch, batch_idx):
-        X, y = batch
-        if self.impl == "scratch":
+    def training_step(self, minibatches, group_idx):
+        if isinstance(minibatches, tuple):  # a loader of single batches
+            minibatches = [minibatches]
+        opt = self.optimizers()
+        for X, y in minibatches:
+            loss, O = self._scratch_step(X, y, opt) if self.impl == "scratch" else self._nn_step(X, y, opt)
             with torch.no_grad():
-                O = self.net(X)
-                loss = self.loss_fn.value(O, y)
-                self._guard_finite(loss, batch_idx)
-                gW, gb = self.net.grads(X, self.loss_fn.grad(O, y))
-                if self.trainer.world_size > 1:  # DDP: average by hand, so replicas stay identical
-                    gW, gb = (self.trainer.strategy.reduce(g, reduce_op="mean") for g in (gW, gb))
-                self.sgd.step([self.net.W, self.net.b], [gW, gb])
-            self.optimizers().step()  # no-op; counts the step in trainer.global_step
-        else:
-            O = self.net(X)
-            loss = self.loss_fn.torch_value(O, y)
-            self._guard_finite(loss, batch_idx)
-        with torch.no_grad():
-            n = len(y)
-            self._sums += torch.stack([loss.detach() * n, (O.argmax(1) == y).sum(), torch.tensor(n)])
-        if (self.global_step + 1) % self.hparams.log_every_n_steps == 0:
-            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
-        return loss if self.impl == "nn" else None
+                self._loss_sum.add_(loss.detach(), alpha=len(y))
+                self._correct.add_((O.argmax(1) == y).sum())
+            self._seen += len(y)
+            self.steps_this_epoch += 1
+            if self.global_step % self.hparams.log_every_n_steps == 0:
+                for logger in self.loggers:  # per step, straight to the logger (self.log works per group)
+                    logger.log_metrics({"train/loss_step": loss.item()}, step=self.global_step)
 
-    def _guard_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+    def _scratch_step(self, X, y, opt):
+        with torch.no_grad():
+            O = self.net(X)
+            loss, G = self.loss_fn.value_and_grad(O, y)
+            self._guard_finite(loss)
+            grads = self._average_across_processes(self.net.grads(X, G))
+            self.sgd.step([self.net.W, self.net.b], grads)
+        opt.step()  # no-op; counts the step in trainer.global_step
+        return loss, O
+
+    def _nn_step(self, X, y, opt):
+        O = self.net(X)
+        loss = self.loss_fn.torch_value(O, y)
+        self._guard_finite(loss)
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.trainer.world_size > 1:
+            params = [p for p in self.parameters() if p.grad is not None]
+            for p, g in zip(params, self._average_across_processes([p.grad for p in params])):
+                p.grad = g
+        opt.step()
+        return loss, O.detach()
+
+    def _average_across_processes(self, grads):
+        """DDP: average the gradients by hand, so replicas take identical steps (see strategies.py)."""
+        if self.trainer.world_size == 1:
+            return list(grads)
+        return [self.trainer.strategy.reduce(g, reduce_op="mean") for g in grads]
+
+    def _guard_finite(self, loss: torch.Tensor) -> None:
         # One host sync per step; on the CPU it costs nothing measurable.
         if not torch.isfinite(loss):
-            raise DivergenceError(loss.item(), self.current_epoch, batch_idx, self.lr)
+            raise DivergenceError(loss.item(), self.current_epoch, self.steps_this_epoch, self.lr)
 
     def running_train_metrics(self) -> dict[str, float]:
         """Loss and accuracy of the epoch so far, for the progress bar."""
-        loss_sum, correct, n = self._sums.tolist()
-        return {"loss": loss_sum / n, "acc": correct / n} if n else {}
+        n = self._seen
+        return {"loss": self._loss_sum.item() / n, "acc": self._correct.item() / n} if n else {}
 
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # the sanity check's value must not count as the best
 
     def on_train_epoch_start(self) -> None:
-        self._sums.zero_()
+        self._loss_sum.zero_()
+        self._correct.zero_()
+        self._seen = self.steps_this_epoch = 0
         self._sync_device()
         self._epoch_start, self._train_record = time.perf_counter(), None
 
@@ -167,7 +195,10 @@ class SoftmaxRegressionModule(pl.LightningModule):
             return
         self._sync_device()
         seconds = time.perf_counter() - self._epoch_start
-        sums = self.trainer.strategy.reduce(self._sums, reduce_op="sum") if self.trainer.world_size > 1 else self._sums
+        sums = torch.stack([self._loss_sum, self._correct.to(self._loss_sum.dtype),
+                            torch.tensor(float(self._seen), device=self.device)])
+        if self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
         loss_sum, correct, n = sums.tolist()
         self._train_record = {"train/loss": loss_sum / n, "train/acc": correct / n,
                               "time/epoch_s": seconds, "time/samples_per_s": n / seconds}

@@ -1,8 +1,11 @@
-"""DDP for both implementations.
+"""DDP for both implementations, with the gradients averaged by the module itself.
 
-torch's DistributedDataParallel refuses a model without trainable parameters, and impl=scratch has
-none (no autograd): it averages its gradients itself (module.training_step). So the scratch model
-stays unwrapped; impl=nn is wrapped as usual.
+The module takes several SGD steps per Lightning step (data.batches_per_step), so torch's
+DistributedDataParallel, which expects one backward per forward, cannot do the averaging; and it
+refuses impl=scratch outright (no parameter requires a gradient). The module averages every step's
+gradients across processes instead (strategy.reduce, one all-reduce per tensor), so the replicas
+take identical steps. This strategy is Lightning's DDP (process launch, process group, samplers,
+metric sync, rank-0 logging and checkpointing) without the DistributedDataParallel wrapper.
 """
 
 from __future__ import annotations
@@ -12,5 +15,4 @@ from pytorch_lightning import strategies
 
 class DDPStrategy(strategies.DDPStrategy):
     def configure_ddp(self) -> None:
-        if any(p.requires_grad for p in self.lightning_module.parameters()):
-            super().configure_ddp()
+        pass  # no DistributedDataParallel wrapper: see the module docstring

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.utilities import rank_zero_only
 
 from softmax_lab.config import PROJECT_ROOT
 from softmax_lab.errors import TrackingError
@@ -153,6 +154,7 @@ class BufferedMlflowLogger(MLFlowLogger):
     def log_hyperparams(self, params) -> None:
         pass
 
+    @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
