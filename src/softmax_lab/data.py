@@ -183,6 +183,46 @@ def load_fashion_mnist(data_dir=None, download=False):
     return _read_all(ordered, tuple(p.stat().st_mtime for _, p in ordered))
 
 
+@lru_cache(maxsize=1)
+def _prepare_splits(paths, mtimes, val_size, split_seed, normalize, resize, classes):
+    """(splits, mean, std): train/val from the official training set by a seeded split, the official test set;
+    pixels as float32 in [0, 1] (as ToTensor), optionally resized and standardised, flattened."""
+    (train_X, train_y), (test_X, test_y) = _read_all(paths, mtimes)
+    perm = torch.randperm(len(train_X), generator=torch.Generator().manual_seed(split_seed))
+    val_idx, train_idx = perm[:val_size], perm[val_size:]
+    raw = {"train": (train_X[train_idx], train_y[train_idx]), "val": (train_X[val_idx], train_y[val_idx]),
+           "test": (test_X, test_y)}
+    splits = {}
+    for name, (X, y) in raw.items():
+        if classes:
+            X, y = _keep_classes(X, y, classes)
+        splits[name] = (_pixels(X, resize), y)
+    mean, std = 0.0, 1.0
+    if normalize:  # standardise with the training split's statistics, as transforms.Normalize would
+        mean, std = splits["train"][0].mean().item(), splits["train"][0].std().item()
+        splits = {name: ((X - mean) / std, y) for name, (X, y) in splits.items()}
+    return tuple(splits.items()), mean, std
+
+
+def _keep_classes(X, y, classes):
+    keep = torch.isin(y, torch.tensor(classes))
+    relabel = torch.full((10,), -1, dtype=torch.long)
+    relabel[torch.tensor(classes)] = torch.arange(len(classes))
+    return X[keep], relabel[y[keep]]
+
+
+def _pixels(X: torch.Tensor, resize: int | None) -> torch.Tensor:
+    """uint8 (n, 28, 28) -> float32 (n, side*side) in [0, 1], as ToTensor (and Resize) would."""
+    X = X.float().div_(255)
+    if resize:
+        import torch.nn.functional as F
+
+        X = torch.cat([F.interpolate(c.unsqueeze(1), size=(resize, resize), mode="bilinear", antialias=True,
+                                     align_corners=False).clamp_(0, 1)
+                       for c in X.split(4096)])
+    return X.reshape(len(X), -1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Serving batches
 
@@ -298,43 +338,19 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         load_fashion_mnist(self.data_dir, self.download)  # locate, download if asked, validate
 
     def load(self) -> None:
-        """Build the three splits as flat float tensors on the CPU (idempotent)."""
+        """Build the three splits as flat float tensors on the CPU (idempotent).
+
+        The tensors are shared, read-only, by every data module of the process with the same settings:
+        the jobs of a sweep prepare the data once and hold one copy.
+        """
         if self.splits:
             return
-        (train_X, train_y), (test_X, test_y) = load_fashion_mnist(self.data_dir, self.download)
-        n = len(train_X)
-        g = torch.Generator().manual_seed(self.split_seed)
-        perm = torch.randperm(n, generator=g)
-        val_idx, train_idx = perm[: self.val_size], perm[self.val_size :]
-        raw = {"train": (train_X[train_idx], train_y[train_idx]),
-               "val": (train_X[val_idx], train_y[val_idx]),
-               "test": (test_X, test_y)}
-        for name, (X, y) in raw.items():
-            if self.classes:
-                X, y = self._keep_classes(X, y)
-            self.splits[name] = (self._pixels(X), y)
-        if self.normalize:  # standardise with the training split's statistics, as transforms.Normalize
-            Xtr = self.splits["train"][0]
-            self.mean, self.std = Xtr.mean().item(), Xtr.std().item()
-            for name, (X, y) in self.splits.items():
-                self.splits[name] = ((X - self.mean) / self.std, y)
-
-    def _keep_classes(self, X, y):
-        keep = torch.isin(y, torch.tensor(self.classes))
-        relabel = torch.full((10,), -1, dtype=torch.long)
-        relabel[torch.tensor(self.classes)] = torch.arange(len(self.classes))
-        return X[keep], relabel[y[keep]]
-
-    def _pixels(self, X: torch.Tensor) -> torch.Tensor:
-        """uint8 (n, 28, 28) -> float32 (n, side*side) in [0, 1], as ToTensor (and Resize) would."""
-        X = X.float().div_(255)
-        if self.resize:
-            import torch.nn.functional as F
-
-            X = torch.cat([F.interpolate(c.unsqueeze(1), size=(self.resize, self.resize), mode="bilinear",
-                                         antialias=True, align_corners=False).clamp_(0, 1)
-                           for c in X.split(4096)])
-        return X.reshape(len(X), -1)
+        paths = locate_fashion_mnist(self.data_dir, self.download)
+        ordered = tuple(sorted(paths.items()))
+        splits, self.mean, self.std = _prepare_splits(
+            ordered, tuple(p.stat().st_mtime for _, p in ordered), self.val_size, self.split_seed,
+            self.normalize, self.resize, tuple(self.classes) if self.classes else None)
+        self.splits = dict(splits)
 
     def setup(self, stage: str | None = None) -> None:
         self.load()

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -127,9 +128,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = instantiate(cfg.model, num_inputs=datamodule.num_inputs, num_classes=datamodule.num_classes,
                          class_names=datamodule.class_names, _recursive_=False, _convert_="all")
     name = run_name(cfg, overrides)
-    datamodule.load()  # read and validate the files: a DataError stops here, before MLflow
     tracker = instantiate(cfg.logger) if launched_as_rank_zero() else NoTracking()
-    tracker.connect()  # an unreachable store stops here, before training
+    # Creating a fresh sqlite store takes seconds (schema migrations): do it while the data is read. The
+    # executor waits for it either way, so a DataError never leaves a half-created store behind.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        connecting = pool.submit(tracker.connect)
+        datamodule.load()  # read and validate the files: a DataError stops here, before any run exists
+        connecting.result()  # an unreachable store stops here, before training
 
     tags = {"overrides": " ".join(overrides) or "(defaults)", "run_dir": str(run_dir),
             "loss": name.split()[0].removeprefix("loss="), "impl": cfg.model.impl, **git_state()}
