@@ -101,11 +101,11 @@ def textbook(raw_root: Path, workers: int, epochs: int):
     return times
 
 
-def raw_copy(tmp: Path) -> Path:
+def raw_copy(tmp: Path, data_dir: str | None) -> Path:
     """torchvision wants FashionMNIST/raw/*-ubyte uncompressed."""
     raw = tmp / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
-    for path in locate_fashion_mnist().values():
+    for path in locate_fashion_mnist(data_dir).values():
         data = path.read_bytes()
         (raw / path.name.removesuffix(".gz")).write_bytes(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
     return tmp
@@ -153,19 +153,21 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="no textbook pipeline, no end-to-end runs")
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "epoch.json"))
     ap.add_argument("--override", action="append", default=[], help="a config override for our runs, repeatable")
+    ap.add_argument("--data-dir", default=None, help="where the IDX files are (default: searched as in training)")
     a = ap.parse_args()
     epochs = a.epochs
     tmp = Path(tempfile.mkdtemp(prefix="softmax-lab-bench-"))
     store = f"sqlite:///{tmp / 'mlflow.db'}"
 
-    dm = FashionMNISTDataModule()
+    dm = FashionMNISTDataModule(data_dir=a.data_dir)
     dm.load()
+    overrides = a.override + ([f"data.data_dir={a.data_dir}"] if a.data_dir else [])
     X, y = dm.splits["train"]
     results = {"plain_autograd": plain_autograd(X, y, epochs), "plain_analytic": plain_analytic(X, y, epochs),
-               "ours_nn": ours("nn", epochs, store, a.override),
-               "ours_scratch": ours("scratch", epochs, store, a.override)}
+               "ours_nn": ours("nn", epochs, store, overrides),
+               "ours_scratch": ours("scratch", epochs, store, overrides)}
     if not a.quick:
-        root = raw_copy(tmp / "raw")
+        root = raw_copy(tmp / "raw", a.data_dir)
         for w in (0, 2):
             results[f"textbook_w{w}"] = textbook(root, w, a.textbook_epochs)
     base = median_after_warmup(results["plain_autograd"])

@@ -162,3 +162,26 @@ def test_eval_refuses_missing_or_corrupt_checkpoints(tmp_path, content, message)
 def test_composes_like_the_cli(tmp_path):
     cfg = compose(["loss=margin", "impl=scratch", "loss.margin=2"], tmp_path)
     assert cfg.model.impl == "scratch" and cfg.loss.margin == 2 and cfg.optimizer.lr == 0.1  # margin keeps 0.1
+
+
+class CountOptimizerSteps(__import__("pytorch_lightning").Callback):
+    """Listens to a per-step hook, as a user's callback might (added by config below)."""
+
+    calls = 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        CountOptimizerSteps.calls += 1
+
+
+@pytest.mark.parametrize("impl", ["scratch", "nn"])
+def test_global_step_counts_sgd_steps_with_or_without_step_hooks(make_cfg, impl):
+    # 500 training images, batch 64: 8 minibatches an epoch, in groups of 3 (3 Lightning steps an epoch)
+    common = [f"impl={impl}", "logger=none", "data.batch_size=64", "data.batches_per_step=3"]
+    bare = train(make_cfg(*common))  # nothing listens to the step hooks: bare steps
+    CountOptimizerSteps.calls = 0
+    cfg = make_cfg(*common, f"+callbacks.count._target_={__name__}.CountOptimizerSteps")
+    hooked = train(cfg)  # a callback listens: every step goes through Lightning's hooks
+    assert CountOptimizerSteps.calls == 2 * 8  # once per SGD step, not per group
+    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2 * 8
+    assert hooked["train/loss"] == bare["train/loss"] and hooked["test/acc"] == bare["test/acc"]
