@@ -273,3 +273,9 @@ def test_real_split_and_batches(real_data):
     loader = dm.train_dataloader()
     assert loader.num_minibatches == 215 and len(loader) == 27  # 214 full batches, the last partial; groups of 8
     assert len(list(loader.minibatches())[-1][1]) == 55000 - 214 * 256
+
+
+def test_val_size_must_leave_training_images(tiny_data):
+    dm = FashionMNISTDataModule(data_dir=str(tiny_data), val_size=600)
+    with pytest.raises(DataError, match="data.val_size=600 leaves no training images: the training set has 600"):
+        dm.load()

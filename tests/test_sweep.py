@@ -63,11 +63,15 @@ def test_a_diverging_job_fails_alone(tiny_data, tmp_path):
     assert "Traceback" not in r.stdout + r.stderr
 
 
-def test_joblib_launcher_runs_jobs_in_parallel_into_one_store(tiny_data, tmp_path):
-    r, _, parents, children = sweep(tiny_data, tmp_path, "loss=ce,mse", "impl=scratch,nn",
-                                    launcher=["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
+def test_joblib_launcher_runs_four_jobs_in_parallel_into_one_fresh_store(tiny_data, tmp_path):
+    r, client, parents, children = sweep(tiny_data, tmp_path, "loss=ce,mse", "impl=scratch,nn",
+                                         launcher=["hydra/launcher=joblib", "hydra.launcher.n_jobs=4"])
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(parents) == 1 and len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    for c in children:  # no metric lost: every epoch of every job is there
+        for key in ("train/loss", "val/acc", "time/epoch_s"):
+            assert len(client.get_metric_history(c.info.run_id, key)) == 2, (c.info.run_name, key)
+        assert "test/acc" in c.data.metrics
     assert "database is locked" not in r.stdout + r.stderr
 
 

@@ -150,7 +150,8 @@ def compose_eval(overrides, output_dir):
 
 @pytest.mark.parametrize("content, message", [(None, "no such file"), (b"garbage", "not a readable checkpoint")])
 def test_eval_refuses_missing_or_corrupt_checkpoints(tmp_path, content, message):
-    from softmax_lab.evaluation import CheckpointError, evaluate
+    from softmax_lab.checkpoints import CheckpointError
+    from softmax_lab.evaluation import evaluate
 
     path = tmp_path / "x.ckpt"
     if content is not None:

@@ -188,6 +188,9 @@ def _prepare_splits(paths, mtimes, val_size, split_seed, normalize, resize, clas
     """(splits, mean, std): train/val from the official training set by a seeded split, the official test set;
     pixels as float32 in [0, 1] (as ToTensor), optionally resized and standardised, flattened."""
     (train_X, train_y), (test_X, test_y) = _read_all(paths, mtimes)
+    if val_size >= len(train_X):
+        raise DataError(f"data.val_size={val_size} leaves no training images: the training set has {len(train_X)}. "
+                        f"Fix: a data.val_size below {len(train_X)}.")
     perm = torch.randperm(len(train_X), generator=torch.Generator().manual_seed(split_seed))
     val_idx, train_idx = perm[:val_size], perm[val_size:]
     raw = {"train": (train_X[train_idx], train_y[train_idx]), "val": (train_X[val_idx], train_y[val_idx]),

@@ -3,40 +3,18 @@
 from __future__ import annotations
 
 import logging
-import pickle
-import zipfile
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig
 
+from softmax_lab.checkpoints import CheckpointError, read_checkpoint  # noqa: F401 (CheckpointError: re-export)
 from softmax_lab.data import FashionMNISTDataModule
-from softmax_lab.errors import UserError
+from softmax_lab.errors import RunInterrupted
 from softmax_lab.module import SoftmaxRegressionModule
 from softmax_lab.training import hydra_context, print_summary, scalars, write_pictures
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(UserError):
-    """The checkpoint is missing, unreadable, or not one of ours."""
-
-
-def read_checkpoint(path: Path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"ckpt_path={path}: no such file. Fix: point ckpt_path at a .ckpt file, e.g. "
-                              "outputs/runs/<date>/<time>/checkpoints/last.ckpt.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"ckpt_path={path}: not a readable checkpoint ({str(e).splitlines()[0][:200]}). "
-                              "Fix: use a checkpoint written by src/train.py; a partly written file cannot be "
-                              "recovered.") from None
-    missing = {"state_dict", "hyper_parameters", "datamodule_hyper_parameters"} - set(ckpt)
-    if missing:
-        raise CheckpointError(f"ckpt_path={path}: not a softmax-lab checkpoint (lacks {', '.join(sorted(missing))}).")
-    return ckpt
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -74,6 +52,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         print_summary(metrics, tracker, run_dir, "")
         status = "FINISHED"
         return metrics
+    except (KeyboardInterrupt, RunInterrupted) as e:
+        status, reason = "KILLED", f"interrupted ({type(e).__name__})"
+        raise
     except BaseException as e:
         reason = f"{type(e).__name__}: {e}"
         raise

@@ -17,12 +17,14 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from softmax_lab.checkpoints import check_resumable, read_checkpoint
 from softmax_lab.config import validate_config
-from softmax_lab.errors import RunInterrupted, UserError
+from softmax_lab.errors import ConfigError, RunInterrupted, UserError
 from softmax_lab.tracking import NoTracking, git_state, launched_as_rank_zero
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = instantiate(cfg.model, num_inputs=datamodule.num_inputs, num_classes=datamodule.num_classes,
                          class_names=datamodule.class_names, _recursive_=False, _convert_="all")
     name = run_name(cfg, overrides)
+    if cfg.ckpt_path:
+        check_resumable(read_checkpoint(cfg.ckpt_path), cfg.ckpt_path, module.hparams)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]  # null switches one off
+    stop = GracefulStop()
+    try:  # the logger is attached once the run exists; Lightning refuses impossible settings here, first
+        trainer = instantiate(cfg.trainer, callbacks=[*callbacks, stop], logger=False)
+    except InstantiationException as e:
+        raise ConfigError(f"trainer: {str(e).splitlines()[0][:600]} Fix: correct the trainer.* value "
+                          "(see `python src/train.py --cfg job`).") from None
     tracker = instantiate(cfg.logger) if launched_as_rank_zero() else NoTracking()
     # Creating a fresh sqlite store takes seconds (schema migrations): do it while the data is read. The
     # executor waits for it either way, so a DataError never leaves a half-created store behind.
@@ -142,12 +153,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         tags.update(sweep_dir=ctx["sweep_dir"], job_num=ctx["job_num"])
     if cfg.ckpt_path:
         tags["resumed_from"] = str(cfg.ckpt_path)
-    stop = GracefulStop()
     status, reason = "FAILED", None
     with stop.installed():
         tracker.start_run(name, tags)
         try:
-            metrics = fit_test_record(cfg, module, datamodule, tracker, stop, name, overrides, run_dir)
+            metrics = fit_test_record(cfg, module, datamodule, tracker, trainer, stop, name, overrides, run_dir)
             status = "FINISHED"
             return metrics
         except (RunInterrupted, KeyboardInterrupt, SIGTERMException) as e:
@@ -165,13 +175,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
             tracker.finish(status, reason)
 
 
-def fit_test_record(cfg, module, datamodule, tracker, stop: GracefulStop, name, overrides, run_dir) -> dict:
+def fit_test_record(cfg, module, datamodule, tracker, trainer, stop: GracefulStop, name, overrides, run_dir) -> dict:
     """Fit, test the best checkpoint, write and log the pictures and the checkpoint; the metrics."""
     tracker.log_config(cfg, overrides, run_dir)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]  # null switches one off
-    checkpointing = next((c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint) and c.monitor), None)
-    logger = tracker.lightning_logger()
-    trainer = instantiate(cfg.trainer, callbacks=[*callbacks, stop, *tracker.callbacks()], logger=logger)
+    trainer.logger = tracker.lightning_logger()
+    trainer.callbacks.extend(tracker.callbacks())
+    checkpointing = next((c for c in trainer.callbacks
+                          if isinstance(c, pl.callbacks.ModelCheckpoint) and c.monitor), None)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     stop.check()
     metrics = scalars(trainer.callback_metrics)
