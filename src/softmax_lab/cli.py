@@ -38,6 +38,9 @@ def run_job(job: Callable, cfg, objective: str = "val/acc_best") -> float:
     except RunInterrupted as e:
         log.error("%s: the run is recorded KILLED; resume with ckpt_path=<run dir>/checkpoints/last.ckpt", e)
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # during start-up, before any run exists
+        log.error("interrupted before training started; nothing was recorded")
+        sys.exit(130)
     except Exception:
         if in_multirun():
             log.exception("this job failed (recorded FAILED); the sweep goes on")

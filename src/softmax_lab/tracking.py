@@ -264,6 +264,13 @@ class MlflowTracker:
     def describe(self) -> str:
         return f"MLflow run {self.run_id} in {redact(self.uri)} (experiment {self.experiment_name})"
 
+    def browse_hint(self) -> str:
+        if self.uri == default_tracking_uri():
+            return "browse: make ui  (then open http://127.0.0.1:5000)"
+        if self.uri.startswith("sqlite:"):
+            return f"browse: make ui STORE={self.uri}  (then open http://127.0.0.1:5000)"
+        return f"browse: {redact(self.uri)}"
+
 
 class NoTracking:
     """logger=none: the same interface, recording nothing."""
@@ -302,3 +309,6 @@ class NoTracking:
 
     def describe(self) -> str:
         return "not tracked (logger=none)"
+
+    def browse_hint(self) -> str:
+        return ""

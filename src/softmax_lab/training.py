@@ -207,8 +207,8 @@ def print_summary(metrics: dict[str, float], tracker, run_dir: Path, best: str) 
     ]
     if best:
         lines.append(f"best checkpoint: {best}")
-    if tracker.enabled:
-        lines.append("browse: make ui  (then open http://127.0.0.1:5000)")
+    if tracker.browse_hint():
+        lines.append(tracker.browse_hint())
     print("\n".join(lines), flush=True)
 
 
