@@ -46,7 +46,7 @@ class SaveInitialCheckpoint(pl.Callback):
 
     def on_train_start(self, trainer, pl_module):
         if not self.path.exists():  # every rank: save_checkpoint is collective, rank 0 writes
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # the full state: resumable
 
 
 class ReplicaCheck(pl.Callback):
