@@ -33,6 +33,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from softmax_lab.config import compose  # noqa: E402
 from softmax_lab.data import locate_fashion_mnist  # noqa: E402
 from softmax_lab.losses import CrossEntropy  # noqa: E402
 from softmax_lab.models import ScratchSGD, ScratchSoftmaxRegression  # noqa: E402
@@ -111,24 +112,11 @@ def raw_copy(tmp: Path, data_dir: str | None) -> Path:
     return tmp
 
 
-def config(overrides: list[str], out: Path):
-    """The composed config `python src/train.py OVERRIDES` would run, writing to `out`."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from softmax_lab.config import CONFIG_DIR, register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=[*overrides, f"paths.output_dir={out}"])
-
-
 def ours(impl: str, epochs: int, store: str, overrides: list[str]) -> list[float]:
     from softmax_lab.training import train
 
     out = Path(tempfile.mkdtemp(prefix=f"bench-{impl}-"))
-    train(config([f"impl={impl}", "loss=ce", "optimizer.lr=0.1", f"trainer.max_epochs={epochs}",
+    train(compose([f"impl={impl}", "loss=ce", "optimizer.lr=0.1", f"trainer.max_epochs={epochs}",
                   f"logger.tracking_uri={store}", *overrides], out))
     from mlflow.tracking import MlflowClient
 
@@ -167,7 +155,7 @@ def main() -> None:
     overrides = a.override + ([f"data.data_dir={a.data_dir}"] if a.data_dir else [])
     from hydra.utils import instantiate
 
-    dm = instantiate(config(overrides, tmp).data)  # the plain loops get the very data our runs get
+    dm = instantiate(compose(overrides, tmp).data)  # the plain loops get the very data our runs get
     dm.load()
     X, y = dm.splits["train"]
     results = {"plain_autograd": plain_autograd(X, y, epochs), "plain_analytic": plain_analytic(X, y, epochs),

@@ -16,6 +16,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # src/train.py's helpers, if the package is not installed
 
+from softmax_lab.config import compose  # noqa: E402,F401 (tests import it from here)
 from softmax_lab.data import FILES, SYSTEM_DIR  # noqa: E402
 
 warnings.filterwarnings("ignore", ".*LeafSpec.*")
@@ -74,20 +75,6 @@ def real_data() -> Path:
                         "(.ci/run installs dataset-fashion-mnist)")
         pytest.skip(f"real Fashion-MNIST not installed in {SYSTEM_DIR} (apt-get install dataset-fashion-mnist)")
     return SYSTEM_DIR
-
-
-def compose(overrides: list[str], output_dir: Path):
-    """The config `python src/train.py <overrides>` would get, with outputs in output_dir."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from softmax_lab.config import CONFIG_DIR, register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose("train", overrides=[*overrides, f"paths.output_dir={output_dir}"])
 
 
 @pytest.fixture

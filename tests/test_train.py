@@ -137,15 +137,7 @@ def test_eval_reproduces_the_training_runs_test_accuracy(make_cfg, tmp_path, tin
 
 
 def compose_eval(overrides, output_dir):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from softmax_lab.config import CONFIG_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose("eval", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+    return compose(overrides, output_dir, config_name="eval")
 
 
 @pytest.mark.parametrize("content, message", [(None, "no such file"), (b"garbage", "not a readable checkpoint")])

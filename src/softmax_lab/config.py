@@ -16,6 +16,19 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
 
 
+def compose(overrides: list[str], output_dir: str | Path, config_name: str = "train") -> DictConfig:
+    """The config `python src/<config_name>.py OVERRIDES` would run, writing to output_dir; for tests,
+    benchmarks and notebooks, which call train(cfg) or evaluate(cfg) without a Hydra app."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose(config_name, overrides=[*overrides, f"paths.output_dir={output_dir}"])
+
+
 def _is_number(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 

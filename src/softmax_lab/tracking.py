@@ -236,18 +236,8 @@ class MlflowTracker:
     def callbacks(self) -> list[pl.Callback]:
         return [FlushMetrics(self.logger)] if self.logger is not None else []
 
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
-
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v)[:MAX_TAG_VALUE])
 
     def finish(self, status: str, reason: str | None = None) -> None:
         """Record what happened: nothing logged before is lost, and the status tells the truth."""
@@ -295,13 +285,7 @@ class NoTracking:
     def callbacks(self) -> list:
         return []
 
-    def log_metrics(self, metrics, step=0) -> None:
-        pass
-
     def log_artifact(self, path, artifact_path=None) -> None:
-        pass
-
-    def set_tags(self, tags) -> None:
         pass
 
     def finish(self, status: str, reason: str | None = None) -> None:
