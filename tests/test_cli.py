@@ -39,7 +39,8 @@ def store_env(tmp_path):
     ("model.init_std=-0.01", "model.init_std"), ("data.classes=[0,0,3]", "data.classes"),
     ("data.classes=[3]", "data.classes"), ("data.classes=[0,12]", "data.classes"),
     ("impl=scratch optimizer=adam", "optimizer=torch.optim.Adam"), ("loss=mse loss.on=sigmoid", "loss.on"),
-    ("seed=abc", "seed"), ("data.normalize=maybe", "data.normalize"), ("trainer.max_epochs=1.5", "trainer.max_epochs"),
+    ("data.batches_per_step=-1", "data.batches_per_step"), ("seed=abc", "seed"),
+    ("data.normalize=maybe", "data.normalize"), ("trainer.max_epochs=1.5", "trainer.max_epochs"),
 ])
 def test_bad_values_get_one_message_before_any_run(tiny_data, tmp_path, override, key):
     r = run_cli(tiny(tiny_data, tmp_path, *override.split()), env=store_env(tmp_path))

@@ -54,6 +54,8 @@ RULES = [
     ("data.val_size", lambda v: _is_int(v) and 1 <= v <= 59999, "an integer in 1..59999", "data.val_size=5000"),
     ("data.resize", lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1", "data.resize=64"),
     ("data.classes", _classes_ok, "null or a list of two or more distinct class ids in 0..9", "data.classes=[0,6]"),
+    ("data.batches_per_step", lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1",
+     "data.batches_per_step=8"),
     ("data.normalize", lambda v: isinstance(v, bool), "true or false", "data.normalize=true"),
     ("data.download", lambda v: isinstance(v, bool), "true or false", "data.download=true"),
     ("trainer.max_epochs", lambda v: _is_int(v) and v >= 1, "an integer >= 1", "trainer.max_epochs=10"),

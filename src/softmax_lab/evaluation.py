@@ -10,8 +10,8 @@ from omegaconf import DictConfig
 
 from softmax_lab.checkpoints import CheckpointError, read_checkpoint  # noqa: F401 (CheckpointError: re-export)
 from softmax_lab.data import FashionMNISTDataModule
-from softmax_lab.errors import RunInterrupted
 from softmax_lab.module import SoftmaxRegressionModule
+from softmax_lab.tracking import recorded_run
 from softmax_lab.training import hydra_context, print_summary, scalars, write_pictures
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             "overrides": " ".join(hydra_context().get("overrides", []))}
     if source:
         tags["source_run_id"] = source
-    tracker.start_run(name, tags)
-    status, reason = "FAILED", None
-    try:
+    with recorded_run(tracker, name, tags):
         tracker.log_config(cfg, hydra_context().get("overrides", []), run_dir)
         trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, logger=tracker.lightning_logger(),
                              callbacks=tracker.callbacks(), enable_progress_bar=False, enable_model_summary=False,
@@ -50,13 +48,4 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         for p in write_pictures(module, datamodule, run_dir, name):
             tracker.log_artifact(p, "pictures")
         print_summary(metrics, tracker, run_dir, "")
-        status = "FINISHED"
         return metrics
-    except (KeyboardInterrupt, RunInterrupted) as e:
-        status, reason = "KILLED", f"interrupted ({type(e).__name__})"
-        raise
-    except BaseException as e:
-        reason = f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        tracker.finish(status, reason)

@@ -157,9 +157,9 @@ class SoftmaxRegressionModule(pl.LightningModule):
             opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
         if self.trainer.world_size > 1:
-            params = [p for p in self.parameters() if p.grad is not None]
-            for p, g in zip(params, self._average_across_processes([p.grad for p in params])):
-                p.grad = g
+            for p in self.parameters():
+                if p.grad is not None:
+                    p.grad = self.trainer.strategy.reduce(p.grad, reduce_op="mean")
         if self._bare_steps:
             opt.optimizer.step()
             self._count_step(opt)

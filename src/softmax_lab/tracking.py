@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import time
+import traceback
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,9 +20,10 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from softmax_lab.config import PROJECT_ROOT
-from softmax_lab.errors import TrackingError
+from softmax_lab.errors import RunInterrupted, TrackingError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +262,28 @@ class MlflowTracker:
         if self.uri.startswith("sqlite:"):
             return f"browse: make ui STORE={self.uri}  (then open http://127.0.0.1:5000)"
         return f"browse: {redact(self.uri)}"
+
+
+@contextlib.contextmanager
+def recorded_run(tracker, name: str, tags: dict[str, str]):
+    """Start the run; on the way out its status tells the truth: FINISHED, FAILED (the reason as the
+    `failure_reason` tag) or KILLED. Whatever was logged before is flushed first."""
+    tracker.start_run(name, tags)
+    status, reason = "FAILED", None
+    try:
+        yield
+        status = "FINISHED"
+    except (RunInterrupted, KeyboardInterrupt, SIGTERMException) as e:
+        status, reason = "KILLED", f"interrupted ({type(e).__name__})"
+        raise
+    except UserError as e:  # DivergenceError among them
+        reason = str(e)
+        raise
+    except BaseException as e:
+        reason = "".join(traceback.format_exception_only(type(e), e)).strip()
+        raise
+    finally:
+        tracker.finish(status, reason)
 
 
 class NoTracking:

@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 import signal
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,8 +23,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from softmax_lab.checkpoints import check_resumable, read_checkpoint
 from softmax_lab.config import validate_config
-from softmax_lab.errors import ConfigError, RunInterrupted, UserError
-from softmax_lab.tracking import NoTracking, git_state, launched_as_rank_zero
+from softmax_lab.errors import ConfigError, RunInterrupted
+from softmax_lab.tracking import NoTracking, git_state, launched_as_rank_zero, recorded_run
 
 log = logging.getLogger(__name__)
 
@@ -153,26 +152,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         tags.update(sweep_dir=ctx["sweep_dir"], job_num=ctx["job_num"])
     if cfg.ckpt_path:
         tags["resumed_from"] = str(cfg.ckpt_path)
-    status, reason = "FAILED", None
     with stop.installed():
-        tracker.start_run(name, tags)
         try:
-            metrics = fit_test_record(cfg, module, datamodule, tracker, trainer, stop, name, overrides, run_dir)
-            status = "FINISHED"
-            return metrics
-        except (RunInterrupted, KeyboardInterrupt, SIGTERMException) as e:
-            status, reason = "KILLED", f"interrupted ({type(e).__name__})"
-            if isinstance(e, RunInterrupted):
-                raise
+            with recorded_run(tracker, name, tags):
+                return fit_test_record(cfg, module, datamodule, tracker, trainer, stop, name, overrides, run_dir)
+        except (KeyboardInterrupt, SIGTERMException) as e:  # recorded KILLED; one exception type for the CLI
             raise RunInterrupted(signal.SIGTERM if isinstance(e, SIGTERMException) else signal.SIGINT) from e
-        except UserError as e:  # DivergenceError among them
-            reason = str(e)
-            raise
-        except BaseException as e:
-            reason = "".join(traceback.format_exception_only(type(e), e)).strip()
-            raise
-        finally:
-            tracker.finish(status, reason)
 
 
 def fit_test_record(cfg, module, datamodule, tracker, trainer, stop: GracefulStop, name, overrides, run_dir) -> dict:
