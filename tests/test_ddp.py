@@ -1,6 +1,9 @@
-"""DDP with two CPU processes: disjoint shares, synced metrics, identical replicas, one MLflow run."""
+"""DDP with two CPU processes: disjoint shares, synced metrics, identical replicas, one MLflow run; rank 1
+running late (as on a loaded machine) must not leave the processes waiting on each other."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -12,11 +15,13 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("impl", ["scratch", "nn"])
 def test_ddp_cpu_keeps_replicas_identical_and_logs_once(tiny_data, tmp_path, impl):
     check = tmp_path / "replicas.txt"
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(Path(__file__).parent)}
     r = run_cli([f"impl={impl}", "trainer=ddp_cpu", f"data.data_dir={tiny_data}", "data.val_size=100",
                  "trainer.max_epochs=3", "optimizer.momentum=0.9", "trainer.enable_progress_bar=false",
-                 "~callbacks.progress_bar", "+callbacks.replicas._target_=softmax_lab.callbacks.ReplicaCheck",
-                 f"+callbacks.replicas.path={check}", f"hydra.run.dir={tmp_path / 'run'}"], env=env, timeout=300)
+                 "~callbacks.progress_bar",
+                 "callbacks.initial_checkpoint._target_=ddp_helpers.LateRankOneInitialCheckpoint",
+                 "+callbacks.replicas._target_=softmax_lab.callbacks.ReplicaCheck",
+                 f"+callbacks.replicas.path={check}", f"hydra.run.dir={tmp_path / 'run'}"], env=env, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     world, diff = check.read_text().split()
     assert world == "2" and float(diff) == 0.0
@@ -24,3 +29,16 @@ def test_ddp_cpu_keeps_replicas_identical_and_logs_once(tiny_data, tmp_path, imp
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.metrics["test/acc"] > 0.5
     assert runs[0].data.metrics["ddp/replica_max_abs_diff"] == 0.0
+
+
+def test_ddp_cpu_divergence_stops_every_process_with_one_message_and_a_failed_run(tiny_data, tmp_path):
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    r = run_cli(["impl=scratch", "trainer=ddp_cpu", "loss=mse", "optimizer.lr=1e6", f"data.data_dir={tiny_data}",
+                 "data.val_size=100", "trainer.max_epochs=30", "trainer.enable_progress_bar=false",
+                 f"hydra.run.dir={tmp_path / 'run'}"], env=env, timeout=180)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "Traceback" not in out, out
+    assert out.count("training diverged") == 1, out
+    _, runs = mlflow_runs(env["MLFLOW_TRACKING_URI"])
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert "diverged" in runs[0].data.tags["failure_reason"]

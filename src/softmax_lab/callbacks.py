@@ -45,7 +45,9 @@ class SaveInitialCheckpoint(pl.Callback):
         self.path = Path(path)
 
     def on_train_start(self, trainer, pl_module):
-        if not self.path.exists():  # every rank: save_checkpoint is collective, rank 0 writes
+        # save_checkpoint is collective (rank 0 writes, all wait), so every rank must take the same branch:
+        # rank 0 looks, the others follow (a rank looking for itself may see the file rank 0 just wrote).
+        if not trainer.strategy.broadcast(self.path.exists()):
             trainer.save_checkpoint(self.path, weights_only=False)  # the full state: resumable
 
 

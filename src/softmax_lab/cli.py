@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from softmax_lab.errors import RunInterrupted, UserError
+from softmax_lab.tracking import launched_as_rank_zero
 
 log = logging.getLogger("softmax_lab")
 
@@ -31,7 +32,8 @@ def run_job(job: Callable, cfg, objective: str = "val/acc_best") -> float:
     except UserError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        log.error("error: %s", e)
+        if launched_as_rank_zero():  # under DDP every process meets the same mistake: say it once
+            log.error("error: %s", e)
         if in_multirun():
             return math.nan
         sys.exit(1)

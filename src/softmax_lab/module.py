@@ -137,8 +137,8 @@ class SoftmaxRegressionModule(pl.LightningModule):
         with torch.no_grad():
             O = self.net(X)
             loss, G = self.loss_fn.value_and_grad(O, y)
-            self._guard_finite(loss)
-            grads = self._average_across_processes(self.net.grads(X, G))
+            mean_loss, grads = self._average_across_processes(loss, self.net.grads(X, G))
+            self._guard_finite(mean_loss)
             self.sgd.step([self.net.W, self.net.b], grads)
         if self._bare_steps:
             self._count_step(opt)
@@ -149,17 +149,17 @@ class SoftmaxRegressionModule(pl.LightningModule):
     def _nn_step(self, X, y, opt):
         O = self.net(X)
         loss = self.loss_fn.torch_value(O, y)
-        self._guard_finite(loss)
         if self._bare_steps:
             opt.optimizer.zero_grad(set_to_none=True)
             loss.backward()
         else:
             opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
-        if self.trainer.world_size > 1:
-            for p in self.parameters():
-                if p.grad is not None:
-                    p.grad = self.trainer.strategy.reduce(p.grad, reduce_op="mean")
+        params = [p for p in self.parameters() if p.grad is not None]
+        mean_loss, grads = self._average_across_processes(loss.detach(), [p.grad for p in params])
+        for p, g in zip(params, grads):
+            p.grad = g
+        self._guard_finite(mean_loss)
         if self._bare_steps:
             opt.optimizer.step()
             self._count_step(opt)
@@ -187,14 +187,20 @@ class SoftmaxRegressionModule(pl.LightningModule):
         opt._on_before_step()
         opt._on_after_step()
 
-    def _average_across_processes(self, grads):
-        """DDP: average the gradients by hand, so replicas take identical steps (see strategies.py)."""
+    def _average_across_processes(self, loss, grads):
+        """DDP: average the loss and the gradients by hand, in one all-reduce, so replicas take identical
+        steps (see strategies.py) and all see the same mean loss: when one diverges, every one stops at that
+        step instead of the others waiting for it in the next all-reduce."""
         if self.trainer.world_size == 1:
-            return list(grads)
-        return [self.trainer.strategy.reduce(g, reduce_op="mean") for g in grads]
+            return loss, list(grads)
+        flat = torch.cat([loss.reshape(1), *(g.reshape(-1) for g in grads)])
+        flat = self.trainer.strategy.reduce(flat, reduce_op="mean")
+        parts = flat[1:].split([g.numel() for g in grads])
+        return flat[0], [p.view_as(g) for p, g in zip(parts, grads)]
 
     def _guard_finite(self, loss: torch.Tensor) -> None:
-        # One host sync per step; on the CPU it costs nothing measurable.
+        # One host sync per step; on the CPU it costs nothing measurable. Under DDP `loss` is the mean over
+        # the processes, so all of them take the same decision.
         if not torch.isfinite(loss):
             raise DivergenceError(loss.item(), self.current_epoch, self.steps_this_epoch, self.lr)
 
