@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from softmax_lab.checkpoints import check_resumable, read_checkpoint
@@ -132,11 +133,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.ckpt_path:
         check_resumable(read_checkpoint(cfg.ckpt_path), cfg.ckpt_path, module.hparams)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]  # null switches one off
+    if not cfg.trainer.get("enable_progress_bar", True):  # the switch users know also removes our bar
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     stop = GracefulStop()
     try:  # the logger is attached once the run exists; Lightning refuses impossible settings here, first
         trainer = instantiate(cfg.trainer, callbacks=[*callbacks, stop], logger=False)
     except InstantiationException as e:
-        raise ConfigError(f"trainer: {str(e).splitlines()[0][:600]} Fix: correct the trainer.* value "
+        reason = str(e.__cause__ or e).strip()[:600]
+        raise ConfigError(f"trainer: {reason} Fix: correct the trainer.* value, or trainer=cpu, which runs anywhere "
                           "(see `python src/train.py --cfg job`).") from None
     tracker = instantiate(cfg.logger) if launched_as_rank_zero() else NoTracking()
     # Creating a fresh sqlite store takes seconds (schema migrations): do it while the data is read. The
