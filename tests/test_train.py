@@ -178,3 +178,25 @@ def test_global_step_counts_sgd_steps_with_or_without_step_hooks(make_cfg, impl)
     ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2 * 8
     assert hooked["train/loss"] == bare["train/loss"] and hooked["test/acc"] == bare["test/acc"]
+
+
+@pytest.mark.parametrize("impl", ["scratch", "nn"])
+@pytest.mark.parametrize("deferred", [False, True], ids=["checked-every-step", "read-once-per-group"])
+def test_divergence_names_the_first_bad_step_either_way(impl, deferred):
+    # 8 minibatches of 8 in groups of 3; minibatch 4 (the second group's second) holds a non-finite pixel.
+    import pytorch_lightning as pl
+
+    from softmax_lab.data import TensorBatches
+    from softmax_lab.errors import DivergenceError
+    from softmax_lab.module import SoftmaxRegressionModule
+
+    X, y = torch.rand(64, 784), torch.arange(64) % 10
+    X[4 * 8 + 5, 100] = float("inf")
+    module = SoftmaxRegressionModule(impl=impl)
+    module.defer_divergence_check = deferred  # the accelerator mode (deferred) runs on the CPU too
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(DivergenceError) as e:
+        trainer.fit(module, train_dataloaders=TensorBatches(X, y, 8, group=3))
+    assert (e.value.epoch, e.value.step) == (0, 4) and not torch.isfinite(torch.tensor(e.value.loss))
+    assert module._deferred is deferred

@@ -93,7 +93,12 @@ class SoftmaxRegressionModule(pl.LightningModule):
         self.test_results: dict[str, float] = {}
         self._epoch_start = self._train_record = None
         self.steps_this_epoch = 0
-        self._bare_steps = False
+        self._bare_steps = self._deferred = False
+        # The first non-finite loss of the epoch as (step, loss); step -1 while all is well. On an accelerator
+        # it is noted on the device and read once per Lightning step (a read per SGD step would stall the
+        # queue); on the CPU, where a read costs nothing, every step is checked as it happens.
+        self.register_buffer("_divergence", torch.tensor([-1.0, 0.0]), persistent=False)
+        self.defer_divergence_check: bool | None = None  # None: defer on accelerators only
 
     # ----------------------------------------------------------------------------------------
     # The model
@@ -132,6 +137,10 @@ class SoftmaxRegressionModule(pl.LightningModule):
             if self.global_step % self.hparams.log_every_n_steps == 0:
                 for logger in self.loggers:  # per step, straight to the logger (self.log works per group)
                     logger.log_metrics({"train/loss_step": loss.item()}, step=self.global_step)
+        if self._deferred:
+            step, value = self._divergence.tolist()
+            if step >= 0:
+                raise DivergenceError(value, self.current_epoch, int(step), self.lr)
 
     def _scratch_step(self, X, y, opt):
         with torch.no_grad():
@@ -199,9 +208,13 @@ class SoftmaxRegressionModule(pl.LightningModule):
         return flat[0], [p.view_as(g) for p, g in zip(parts, grads)]
 
     def _guard_finite(self, loss: torch.Tensor) -> None:
-        # One host sync per step; on the CPU it costs nothing measurable. Under DDP `loss` is the mean over
-        # the processes, so all of them take the same decision.
-        if not torch.isfinite(loss):
+        """Stop at a non-finite loss. Under DDP `loss` is the mean over the processes, so all of them take
+        the same decision at the same step."""
+        if self._deferred:  # noted on the device, without a host sync; training_step reads it
+            first = (self._divergence[0] < 0) & ~torch.isfinite(loss)
+            self._divergence[0] = torch.where(first, float(self.steps_this_epoch), self._divergence[0])
+            self._divergence[1] = torch.where(first, loss.detach().float(), self._divergence[1])
+        elif not torch.isfinite(loss):
             raise DivergenceError(loss.item(), self.current_epoch, self.steps_this_epoch, self.lr)
 
     def running_train_metrics(self) -> dict[str, float]:
@@ -212,11 +225,14 @@ class SoftmaxRegressionModule(pl.LightningModule):
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # the sanity check's value must not count as the best
         self._bare_steps = not self._step_hooks_in_use()
+        defer = self.defer_divergence_check
+        self._deferred = self.device.type != "cpu" if defer is None else defer
 
     def on_train_epoch_start(self) -> None:
         self._loss_sum.zero_()
         self._correct.zero_()
         self._seen = self.steps_this_epoch = 0
+        self._divergence.fill_(-1.0)
         self._sync_device()
         self._epoch_start, self._train_record = time.perf_counter(), None
 
