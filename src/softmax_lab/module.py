@@ -146,8 +146,8 @@ class SoftmaxRegressionModule(pl.LightningModule):
         with torch.no_grad():
             O = self.net(X)
             loss, G = self.loss_fn.value_and_grad(O, y)
-            mean_loss, grads = self._average_across_processes(loss, self.net.grads(X, G))
-            self._guard_finite(mean_loss)
+            grads = self.net.grads(X, G)
+            self._guard_finite(self._average_across_processes(loss, grads))
             self.sgd.step([self.net.W, self.net.b], grads)
         if self._bare_steps:
             self._count_step(opt)
@@ -164,11 +164,8 @@ class SoftmaxRegressionModule(pl.LightningModule):
         else:
             opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
-        params = [p for p in self.parameters() if p.grad is not None]
-        mean_loss, grads = self._average_across_processes(loss.detach(), [p.grad for p in params])
-        for p, g in zip(params, grads):
-            p.grad = g
-        self._guard_finite(mean_loss)
+        grads = (p.grad for p in self.net.parameters() if p.grad is not None)  # only read under DDP
+        self._guard_finite(self._average_across_processes(loss.detach(), grads))
         if self._bare_steps:
             opt.optimizer.step()
             self._count_step(opt)
@@ -196,16 +193,18 @@ class SoftmaxRegressionModule(pl.LightningModule):
         opt._on_before_step()
         opt._on_after_step()
 
-    def _average_across_processes(self, loss, grads):
-        """DDP: average the loss and the gradients by hand, in one all-reduce, so replicas take identical
-        steps (see strategies.py) and all see the same mean loss: when one diverges, every one stops at that
-        step instead of the others waiting for it in the next all-reduce."""
+    def _average_across_processes(self, loss, grads) -> torch.Tensor:
+        """DDP: average the gradients in place and return the mean loss, in one all-reduce, so replicas take
+        identical steps (see strategies.py) and all see the same loss: when one diverges, every one stops at
+        that step instead of the others waiting for it in the next all-reduce. One process: the loss as is."""
         if self.trainer.world_size == 1:
-            return loss, list(grads)
+            return loss
+        grads = list(grads)
         flat = torch.cat([loss.reshape(1), *(g.reshape(-1) for g in grads)])
         flat = self.trainer.strategy.reduce(flat, reduce_op="mean")
-        parts = flat[1:].split([g.numel() for g in grads])
-        return flat[0], [p.view_as(g) for p, g in zip(parts, grads)]
+        for g, mean in zip(grads, flat[1:].split([g.numel() for g in grads])):
+            g.copy_(mean.view_as(g))
+        return flat[0]
 
     def _guard_finite(self, loss: torch.Tensor) -> None:
         """Stop at a non-finite loss. Under DDP `loss` is the mean over the processes, so all of them take
