@@ -153,7 +153,7 @@ def test_split_sizes_types_and_ranges(tiny_data):
     dm.setup("fit")
     sizes = {k: len(v[0]) for k, v in dm.splits.items()}
     assert sizes == {"train": 500, "val": 100, "test": 200}
-    X, y = next(iter(dm.train_dataloader()))[0]  # the first minibatch of the first group
+    X, y = next(iter(dm.train_dataloader()))  # one minibatch per Lightning step by default
     assert X.shape == (64, 784) and X.dtype == torch.float32 and y.dtype == torch.int64
     assert 0.0 <= X.min() and X.max() <= 1.0 and X.max() > 0.5
     assert dm.num_inputs == 784 and dm.num_classes == 10 and dm.class_names[9] == "ankle boot"
@@ -182,9 +182,7 @@ def test_batch_order_depends_only_on_seed_and_epoch():
     X, y = torch.arange(100.0)[:, None], torch.arange(100)
 
     def order(seed, epoch):
-        tb = TensorBatches(X, y, 16, shuffle=True, seed=seed)
-        tb.set_epoch(epoch)
-        return torch.cat([b[1] for b in tb])
+        return torch.cat([b[1] for b in TensorBatches(X, y, 16, shuffle=True, seed=seed, epoch=lambda: epoch)])
 
     assert torch.equal(order(1, 3), order(1, 3))
     assert not torch.equal(order(1, 3), order(1, 4)) and not torch.equal(order(1, 3), order(2, 3))
@@ -197,6 +195,13 @@ def test_groups_of_minibatches_cover_the_epoch_in_order():
     groups = list(grouped)
     assert [len(g) for g in groups] == [3, 3, 3, 3, 1] and len(grouped) == 5 and grouped.num_minibatches == 13
     assert all(torch.equal(a[1], b[1]) for a, b in zip([b for g in groups for b in g], flat, strict=True))
+
+
+@pytest.mark.parametrize("limit, expected", [(5, 5), (100, 13), (0.5, 6), (0.0, 0), (1.0, 13)])
+def test_a_limit_counts_minibatches_as_lightning_counts_batches(limit, expected):
+    X, y = torch.arange(100.0)[:, None], torch.arange(100)
+    tb = TensorBatches(X, y, 8, shuffle=True, seed=5, limit=limit, group=3)  # 13 minibatches in full
+    assert tb.num_minibatches == expected == sum(len(g) for g in tb) and len(tb) == -(-expected // 3)
 
 
 def test_ddp_shares_are_disjoint_and_equal():
@@ -235,8 +240,8 @@ def test_batches_live_on_the_training_device(tiny_data):
             self.w = torch.nn.Parameter(torch.zeros(784, 10))
             self.devices = set()
 
-        def training_step(self, group, i):
-            X, _ = group[0]
+        def training_step(self, batch, i):
+            X, _ = batch
             self.devices.add((X.device.type, X.data_ptr() != 0))
             return (X @ self.w).sum()
 
@@ -267,12 +272,15 @@ def test_real_split_and_batches(real_data):
     dm = FashionMNISTDataModule(data_dir=str(real_data))
     dm.setup("fit")
     assert [len(dm.splits[s][0]) for s in ("train", "val", "test")] == [55000, 5000, 10000]
-    X, y = next(iter(dm.train_dataloader()))[0]
+    X, y = next(iter(dm.train_dataloader()))
     assert X.shape == (256, 784) and X.dtype == torch.float32 and y.dtype == torch.int64
     assert X.min() >= 0 and X.max() <= 1
     loader = dm.train_dataloader()
-    assert loader.num_minibatches == 215 and len(loader) == 27  # 214 full batches, the last partial; groups of 8
-    assert len(list(loader.minibatches())[-1][1]) == 55000 - 214 * 256
+    assert loader.num_minibatches == len(loader) == 215  # 214 full batches, the last partial
+    assert len(list(loader)[-1][1]) == 55000 - 214 * 256
+    speed = FashionMNISTDataModule(data_dir=str(real_data), batches_per_step=8)
+    speed.setup("fit")
+    assert len(speed.train_dataloader()) == 27  # groups of 8 minibatches in the speed mode
 
 
 def test_val_size_must_leave_training_images(tiny_data):

@@ -181,9 +181,11 @@ def test_global_step_counts_sgd_steps_with_or_without_step_hooks(make_cfg, impl)
 
 
 @pytest.mark.parametrize("impl", ["scratch", "nn"])
-@pytest.mark.parametrize("deferred", [False, True], ids=["checked-every-step", "read-once-per-group"])
-def test_divergence_names_the_first_bad_step_either_way(impl, deferred):
-    # 8 minibatches of 8 in groups of 3; minibatch 4 (the second group's second) holds a non-finite pixel.
+@pytest.mark.parametrize("group", [None, 3], ids=["default-mode", "speed-mode"])
+@pytest.mark.parametrize("deferred", [False, True], ids=["checked-every-step", "read-every-few-steps"])
+def test_divergence_names_the_first_bad_step_either_way(impl, group, deferred):
+    # 8 minibatches of 8 (in groups of 3 in the speed mode); minibatch 4 (0-based) holds a non-finite pixel,
+    # so SGD step 5 is the first whose loss is not finite.
     import pytorch_lightning as pl
 
     from softmax_lab.data import TensorBatches
@@ -192,11 +194,11 @@ def test_divergence_names_the_first_bad_step_either_way(impl, deferred):
 
     X, y = torch.rand(64, 784), torch.arange(64) % 10
     X[4 * 8 + 5, 100] = float("inf")
-    module = SoftmaxRegressionModule(impl=impl)
-    module.defer_divergence_check = deferred  # the accelerator mode (deferred) runs on the CPU too
+    module = SoftmaxRegressionModule(impl=impl, batches_per_step=group or 1)
+    module.divergence_deferred = deferred  # the accelerator mode (deferred) runs on the CPU too
     trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(DivergenceError) as e:
-        trainer.fit(module, train_dataloaders=TensorBatches(X, y, 8, group=3))
-    assert (e.value.epoch, e.value.step) == (0, 4) and not torch.isfinite(torch.tensor(e.value.loss))
-    assert module._deferred is deferred
+        trainer.fit(module, train_dataloaders=TensorBatches(X, y, 8, group=group))
+    assert (e.value.epoch, e.value.step) == (0, 5) and not torch.isfinite(torch.tensor(e.value.loss))
+    assert "learning rate" in e.value.advice and module.guard.deferred is deferred

@@ -9,19 +9,27 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 
 
 class TrainProgressBar(TQDMProgressBar):
-    """tqdm bar counting minibatches (SGD steps), with the epoch's running train loss and accuracy.
+    """Lightning's tqdm bar with the epoch's running train loss and accuracy.
 
-    A Lightning step holds several minibatches (data.batches_per_step); the bar counts the minibatches.
+    In the speed mode (data.batches_per_step > 1) a Lightning step carries several minibatches: the bar
+    then counts minibatches (SGD steps), not Lightning steps.
     """
 
     @property
     def total_train_batches(self):
-        return getattr(self.trainer.train_dataloader, "num_minibatches", None) or super().total_train_batches
+        loader = self.trainer.train_dataloader
+        if getattr(loader, "group", None):
+            return loader.num_minibatches
+        return super().total_train_batches
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        bar, n = self.train_progress_bar, getattr(pl_module, "steps_this_epoch", batch_idx + 1)
-        if self.is_enabled and (n - bar.n >= self.refresh_rate or n == bar.total):
-            bar.n = n
+        if not isinstance(batch, list):  # one minibatch per step: Lightning's own bar
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        bar = self.train_progress_bar
+        n = min(bar.n + len(batch), bar.total or bar.n + len(batch))
+        crossed = n // self.refresh_rate != bar.n // self.refresh_rate
+        bar.n = n
+        if self.is_enabled and (crossed or n == bar.total):
             bar.refresh()
             bar.set_postfix(self.get_metrics(trainer, pl_module))
 
@@ -45,6 +53,8 @@ class SaveInitialCheckpoint(pl.Callback):
         self.path = Path(path)
 
     def on_train_start(self, trainer, pl_module):
+        if trainer.fast_dev_run:  # Lightning's smoke test writes no checkpoint
+            return
         # save_checkpoint is collective (rank 0 writes, all wait), so every rank must take the same branch:
         # rank 0 looks, the others follow (a rank looking for itself may see the file rank 0 just wrote).
         if not trainer.strategy.broadcast(self.path.exists()):

@@ -233,29 +233,27 @@ def _pixels(X: torch.Tensor, resize: int | None) -> torch.Tensor:
 class TensorBatches:
     """Batches of (X, y) sliced from whole tensors, in a permutation that depends only on (seed, epoch).
 
-    Under DDP each process takes a disjoint share (every world_size-th index) of the epoch's
-    permutation. The last partial batch is kept. Lightning calls `sampler.set_epoch(epoch)` before
-    each epoch, so resuming from a checkpoint replays the same batches.
+    `epoch` is a callable read when an epoch's iteration starts (the data module passes the trainer's
+    current epoch), so a resumed run replays exactly the batches it would have seen. Under DDP each process
+    takes a disjoint, equal share (every world_size-th index) of the epoch's permutation. The last partial
+    batch is kept.
 
-    With `group=K` it yields lists of K minibatches (the last list may be shorter): the module takes
-    one SGD step per minibatch, and Lightning's per-step hooks, which cost about as much as a
-    minibatch of this model, run once per K steps.
+    `limit` caps the minibatches of an epoch (an int, or a fraction as Lightning computes it). With
+    `group=K` (the speed mode, README 'Speed') it yields lists of K minibatches, the last list possibly
+    shorter: the module takes one SGD step per minibatch, and Lightning's per-step machinery, which costs
+    about as much as a minibatch of this model, runs once per K.
     """
 
-    def __init__(self, X, y, batch_size, shuffle=False, seed=0, rank=0, world_size=1, group=None):
+    def __init__(self, X, y, batch_size, shuffle=False, seed=0, rank=0, world_size=1, group=None, limit=None,
+                 epoch=lambda: 0):
         self.X, self.y, self.batch_size, self.group = X, y, batch_size, group
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
-        self.epoch = 0
-        # Lightning looks for `sampler.set_epoch` before each epoch (and for `batch_sampler` beside it).
-        self.sampler, self.batch_sampler = self, None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.limit, self.epoch = limit, epoch
 
     def indices(self) -> torch.Tensor:
         n = len(self.X)
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch())
             order = torch.randperm(n, generator=g)
             if self.world_size > 1:  # equal shares so every replica takes the same number of steps
                 order = order[: n - n % self.world_size]
@@ -267,19 +265,23 @@ class TensorBatches:
     def num_minibatches(self) -> int:
         n, world = len(self.X), self.world_size
         share = (n - n % world) // world if self.shuffle else -(-(n - self.rank) // world)
-        return -(-share // self.batch_size)
+        full = -(-share // self.batch_size)
+        if self.limit is None:
+            return full
+        return min(full, self.limit) if isinstance(self.limit, int) else int(full * self.limit)  # as Lightning
 
     def __len__(self) -> int:
         return -(-self.num_minibatches // self.group) if self.group else self.num_minibatches
 
     def minibatches(self):
+        count, size = self.num_minibatches, self.batch_size
         if not self.shuffle and self.world_size == 1:  # contiguous views, no copy
-            for i in range(0, len(self.X), self.batch_size):
-                yield self.X[i : i + self.batch_size], self.y[i : i + self.batch_size]
+            for i in range(count):
+                yield self.X[i * size : (i + 1) * size], self.y[i * size : (i + 1) * size]
             return
         idx = self.indices()
-        for i in range(0, len(idx), self.batch_size):
-            j = idx[i : i + self.batch_size]
+        for i in range(count):
+            j = idx[i * size : (i + 1) * size]
             yield self.X[j], self.y[j]
 
     def __iter__(self):
@@ -308,16 +310,17 @@ class FashionMNISTDataModule(pl.LightningDataModule):
     def __init__(self, data_dir: str | None = None, download: bool = False, batch_size: int = 256,
                  val_size: int = 5000, normalize: bool = False, resize: int | None = None,
                  classes: list[int] | None = None, split_seed: int = 0, shuffle_seed: int = 0,
-                 eval_batch_size: int = 2048, batches_per_step: int = 8):
+                 eval_batch_size: int = 2048, batches_per_step: int = 1, train_limit: int | float | None = None):
         super().__init__()
         # Saved in checkpoints (plain values), so eval.py prepares the data exactly as in training.
-        self.save_hyperparameters(logger=False)
+        self.save_hyperparameters(logger=False, ignore=["train_limit"])
         self.data_dir, self.download = data_dir, download
         self.batch_size, self.eval_batch_size, self.val_size = batch_size, eval_batch_size, val_size
         self.normalize, self.resize = normalize, resize
         self.classes = list(classes) if classes is not None else None
         self.split_seed, self.shuffle_seed = split_seed, shuffle_seed
         self.batches_per_step = batches_per_step
+        self.train_limit = train_limit  # the speed mode's limit_train_batches, in minibatches (trainer_flags.py)
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.mean, self.std = 0.0, 1.0
 
@@ -362,15 +365,24 @@ class FashionMNISTDataModule(pl.LightningDataModule):
             if X.device != device:
                 self.splits[name] = (X.to(device), y.to(device))
 
-    def _batches(self, split: str, batch_size: int, shuffle: bool, group=None) -> TensorBatches:
+    def _batches(self, split: str, batch_size: int, shuffle: bool, **kwargs) -> TensorBatches:
         X, y = self.splits[split]
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         return TensorBatches(X, y, batch_size, shuffle=shuffle, seed=self.shuffle_seed, rank=rank, world_size=world,
-                             group=group)
+                             **kwargs)
 
     def train_dataloader(self):
-        """Lists of `batches_per_step` minibatches: one Lightning step, that many SGD steps."""
-        return self._batches("train", self.batch_size, shuffle=True, group=self.batches_per_step)
+        """Minibatches in a (seed, epoch) permutation; in the speed mode, lists of `batches_per_step` of them.
+
+        With trainer.overfit_batches the order is fixed, as Lightning makes it for a DataLoader.
+        """
+        trainer = self.trainer
+        shuffle = trainer is None or not trainer.overfit_batches
+        epoch = (lambda: trainer.current_epoch) if trainer is not None else (lambda: 0)
+        group = self.batches_per_step if self.batches_per_step > 1 else None
+        return self._batches("train", self.batch_size, shuffle=shuffle, group=group, limit=self.train_limit,
+                             epoch=epoch)
 
     def val_dataloader(self):
         return self._batches("val", self.eval_batch_size, shuffle=False)

@@ -18,13 +18,11 @@ class TrackingError(UserError):
 
 
 class DivergenceError(UserError):
-    """The loss became NaN or infinite: training stopped and the run is FAILED."""
+    """The loss became NaN or infinite: training stopped and the run is FAILED. `advice` names the likely cause."""
 
-    def __init__(self, loss: float, epoch: int, step: int, lr: float | None):
-        self.loss, self.epoch, self.step = loss, epoch, step
-        hint = f"a smaller learning rate than optimizer.lr={lr:g}" if lr is not None else "a smaller learning rate"
-        super().__init__(f"training diverged: the loss became {loss} at epoch {epoch}, step {step}. "
-                         f"Try {hint} (each loss has its own stable range: see README, 'Losses').")
+    def __init__(self, loss: float, epoch: int, step: int, advice: str):
+        self.loss, self.epoch, self.step, self.advice = loss, epoch, step, advice
+        super().__init__(f"training diverged: the loss became {loss} at epoch {epoch}, step {step}. {advice}")
 
 
 class RunInterrupted(BaseException):

@@ -1,12 +1,15 @@
-"""SoftmaxRegressionModule: one LightningModule for both implementations.
+"""SoftmaxRegressionModule: the model, its training step and its metrics, for both implementations.
 
-impl="scratch": W, b and a hand-written SGD; the loss value and dL/dO from the loss's formula;
-    dL/dW = X^T G, dL/db = row sums of G; Lightning manual optimisation, under torch.no_grad().
-impl="nn":      nn.Sequential(Flatten, Linear), the loss's torch.nn.functional form, the optimizer
-    from config, Lightning automatic optimisation.
+impl="nn":      nn.Sequential(Flatten, Linear), the loss's torch.nn.functional form and a torch.optim
+                optimizer under Lightning's automatic optimisation (one minibatch per Lightning step).
+impl="scratch": W, b, the loss's formula and analytic gradient, a hand-written SGD (stepping.py),
+                under manual optimisation.
+In the speed mode (data.batches_per_step > 1) a Lightning step carries several minibatches and both
+implementations step by hand (stepping.py), one SGD step per minibatch.
 
-Hyperparameters are plain values (dicts with `_target_` strings), so checkpoints load with
-torch.load(weights_only=True) and eval.py rebuilds the exact model from the checkpoint alone.
+Every metric is logged at trainer.global_step, which counts SGD steps in every mode: per-epoch
+metrics at the step that ends their epoch, `train/loss_step` at its own step. Hyperparameters are
+plain values, so checkpoints load with torch.load(weights_only=True).
 """
 
 from __future__ import annotations
@@ -18,14 +21,18 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import get_class, instantiate
 from torchmetrics import MaxMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from softmax_lab.errors import ConfigError, DivergenceError
+from softmax_lab.distributed import average_loss_and_grads, broadcast_parameters, wrapped_by_ddp
+from softmax_lab.divergence import DivergenceGuard, likely_cause
+from softmax_lab.errors import ConfigError
+from softmax_lab.metrics import EvalMetrics
 from softmax_lab.models import ScratchSGD, ScratchSoftmaxRegression, make_nn_model
+from softmax_lab.stepping import NNSteps, ScratchSteps
 
-# Epoch-level values are reduced across DDP processes here (torchmetrics' compute, strategy.reduce of the sums),
-# so Lightning's advice to add sync_dist=True does not apply.
+# Epoch values are reduced across DDP processes here (torchmetrics' sync, strategy.reduce of the train sums),
+# and impl=scratch has no torch optimizer (Lightning steps its no-op optimizer): both warnings are expected.
 warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
+warnings.filterwarnings("ignore", ".*`configure_optimizers` returned `None`.*")
 
 DEFAULT_LOSS = {"_target_": "softmax_lab.losses.CrossEntropy"}
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.SGD", "lr": 0.1}
@@ -40,24 +47,31 @@ def _is_sgd(optimizer: dict) -> bool:
 
 
 class SoftmaxRegressionModule(pl.LightningModule):
-    """Softmax regression (inputs -> classes) trained with one of the five losses.
+    """Softmax regression (inputs -> classes) trained with one of the losses.
 
     >>> m = SoftmaxRegressionModule(impl="scratch", loss={"_target_": "softmax_lab.losses.Huber"})
     >>> m(torch.zeros(2, 784)).shape
     torch.Size([2, 10])
     """
 
+    divergence_deferred: bool | None = None  # None: the divergence check is deferred on accelerators only
+
     def __init__(self, impl: str = "nn", loss: dict | None = None, optimizer: dict | None = None,
                  num_inputs: int = 784, num_classes: int = 10, init_std: float = 0.01,
-                 class_names: list[str] | None = None, log_every_n_steps: int = 50):
+                 class_names: list[str] | None = None, batches_per_step: int = 1,
+                 accumulate_grad_batches: int = 1, gradient_clip_val: float | None = None,
+                 gradient_clip_algorithm: str = "norm"):
         super().__init__()
         loss = dict(loss or DEFAULT_LOSS)
         optimizer = dict(optimizer or DEFAULT_OPTIMIZER)
-        self.save_hyperparameters({"impl": impl, "loss": loss, "optimizer": optimizer, "num_inputs": num_inputs,
-                                   "num_classes": num_classes, "init_std": init_std,
-                                   "class_names": class_names, "log_every_n_steps": log_every_n_steps}, logger=False)
+        self.save_hyperparameters({
+            "impl": impl, "loss": loss, "optimizer": optimizer, "num_inputs": num_inputs, "num_classes": num_classes,
+            "init_std": init_std, "class_names": class_names, "batches_per_step": batches_per_step,
+            "accumulate_grad_batches": accumulate_grad_batches, "gradient_clip_val": gradient_clip_val,
+            "gradient_clip_algorithm": gradient_clip_algorithm}, logger=False)
         self.loss_fn = instantiate(loss)
-        self.automatic_optimization = False  # both take one SGD step per minibatch of a group (below)
+        hand = {"accumulate": accumulate_grad_batches, "clip_val": gradient_clip_val,
+                "clip_algorithm": gradient_clip_algorithm}
         if impl == "scratch":
             if not _is_sgd(optimizer):
                 raise ConfigError(f"impl=scratch trains with its own hand-written SGD, so optimizer="
@@ -72,33 +86,33 @@ class SoftmaxRegressionModule(pl.LightningModule):
             self.net = ScratchSoftmaxRegression(num_inputs, num_classes, init_std)
             self.sgd = ScratchSGD([self.net.W, self.net.b],
                                   **{k: v for k, v in optimizer.items() if k in SCRATCH_SGD_OPTIONS})
+            self.steps = ScratchSteps(self, **hand)
         elif impl == "nn":
             self.net = make_nn_model(num_inputs, num_classes, init_std)
+            self.steps = NNSteps(self, **hand)
         else:
             raise ConfigError(f"impl={impl!r}: expected 'scratch' or 'nn'.")
         self.impl = impl
+        # Lightning's own loop for impl=nn by default; by hand otherwise (stepping.py)
+        self.automatic_optimization = impl == "nn" and batches_per_step == 1
 
-        # Train accuracy and loss are running sums (a torchmetrics update costs 10% of a step here);
-        # validation and test use torchmetrics, whose batches are few and large.
-        self.register_buffer("_loss_sum", torch.zeros(()), persistent=False)  # sum of loss * batch size
-        self.register_buffer("_correct", torch.zeros((), dtype=torch.long), persistent=False)
+        # Train loss and accuracy are running sums on the device, read once per epoch (a torchmetrics update
+        # costs a tenth of a step here); validation and test, whose batches are few and large, use EvalMetrics.
+        self.register_buffer("_train_sums", torch.zeros(2), persistent=False)  # loss * n, correct
         self._seen = 0
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.val_metrics = EvalMetrics(num_classes)
+        self.test_metrics = EvalMetrics(num_classes, confusion=True)
         self.val_acc_best = MaxMetric()
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-        self.test_class_acc = MulticlassAccuracy(num_classes, average=None, validate_args=False)
-        self.test_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
-        self.register_buffer("_eval_sums", torch.zeros(2), persistent=False)  # loss * n, n
-        self.history: list[dict[str, float]] = []  # per epoch, for the curves; saved in checkpoints
-        self.test_results: dict[str, float] = {}
-        self._epoch_start = self._train_record = None
-        self.steps_this_epoch = 0
-        self._bare_steps = self._deferred = False
-        # The first non-finite loss of the epoch as (step, loss); step -1 while all is well. On an accelerator
-        # it is noted on the device and read once per Lightning step (a read per SGD step would stall the
-        # queue); on the CPU, where a read costs nothing, every step is checked as it happens.
-        self.register_buffer("_divergence", torch.tensor([-1.0, 0.0]), persistent=False)
-        self.defer_divergence_check: bool | None = None  # None: defer on accelerators only
+        self.val_acc_best.persistent(True)  # saved in checkpoints: a resumed run keeps its best
+        self.history: list[dict[str, float]] = []  # one entry per epoch: the curves; saved in checkpoints
+        self.test_results: dict = {}
+        self.guard: DivergenceGuard | None = None
+        self._window: list[torch.Tensor] = []  # automatic optimisation: losses since the last optimizer step
+        self._epoch_clock = EpochClock()
+        self._train_record: dict[str, float] | None = None
+        self._val_record: dict[str, float] = {}
+        self._logged_step = -1  # the global step train/loss_step last looked at
+        self._step_loss: torch.Tensor | None = None
 
     # ----------------------------------------------------------------------------------------
     # The model
@@ -109,219 +123,198 @@ class SoftmaxRegressionModule(pl.LightningModule):
     def loss_value(self, O: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.loss_fn.value(O, y) if self.impl == "scratch" else self.loss_fn.torch_value(O, y)
 
-    @property
-    def lr(self) -> float | None:
-        return self.hparams.optimizer.get("lr")
-
     def configure_optimizers(self):
         if self.impl == "scratch":
-            return None  # Lightning's no-op optimizer: its step() only advances global_step
+            return None  # Lightning's no-op optimizer: its step() runs the step hooks and counts the step
         return instantiate(self.hparams.optimizer, params=self.parameters())
 
     # ----------------------------------------------------------------------------------------
-    # Training: one Lightning step is a group of minibatches (data.batches_per_step), one SGD step each.
-    # Lightning's per-step machinery costs about as much as a minibatch of this model, so it runs once
-    # per group; trainer.global_step still counts SGD steps (one optimizer.step() per minibatch).
+    # Training
 
-    def training_step(self, minibatches, group_idx):
-        if isinstance(minibatches, tuple):  # a loader of single batches
-            minibatches = [minibatches]
-        opt = self.optimizers()
-        for X, y in minibatches:
-            loss, O = self._scratch_step(X, y, opt) if self.impl == "scratch" else self._nn_step(X, y, opt)
-            with torch.no_grad():
-                self._loss_sum.add_(loss.detach(), alpha=len(y))
-                self._correct.add_((O.argmax(1) == y).sum())
-            self._seen += len(y)
-            self.steps_this_epoch += 1
-            if self.global_step % self.hparams.log_every_n_steps == 0:
-                for logger in self.loggers:  # per step, straight to the logger (self.log works per group)
-                    logger.log_metrics({"train/loss_step": loss.item()}, step=self.global_step)
-        if self._deferred:
-            step, value = self._divergence.tolist()
-            if step >= 0:
-                raise DivergenceError(value, self.current_epoch, int(step), self.lr)
+    def on_fit_start(self) -> None:
+        if self.trainer.world_size > 1 and not wrapped_by_ddp(self.trainer):
+            broadcast_parameters(self.trainer, list(self.net.parameters()))  # replicas identical by construction
+        self.guard = DivergenceGuard(self.device, self._divergence_advice, deferred=self.divergence_deferred)
+        self._logged_step = self.global_step
 
-    def _scratch_step(self, X, y, opt):
-        with torch.no_grad():
+    def on_train_start(self) -> None:
+        if not self.automatic_optimization:
+            self.steps.start(self.trainer)
+
+    def _divergence_advice(self, before_any_step: bool) -> str:
+        return likely_cause(self.hparams.optimizer, self.hparams.loss, before_any_step)
+
+    def training_step(self, batch, batch_idx):
+        if self.automatic_optimization:  # Lightning backpropagates, accumulates, clips and steps
+            X, y = batch
             O = self.net(X)
-            loss, G = self.loss_fn.value_and_grad(O, y)
-            grads = self.net.grads(X, G)
-            self._guard_finite(self._average_across_processes(loss, grads))
-            self.sgd.step([self.net.W, self.net.b], grads)
-        if self._bare_steps:
-            self._count_step(opt)
-        else:
-            opt.step()  # Lightning's no-op optimizer: runs the step hooks and counts the step
-        return loss, O
-
-    def _nn_step(self, X, y, opt):
-        O = self.net(X)
-        loss = self.loss_fn.torch_value(O, y)
-        if self._bare_steps:
-            opt.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        else:
-            opt.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-        grads = (p.grad for p in self.net.parameters() if p.grad is not None)  # only read under DDP
-        self._guard_finite(self._average_across_processes(loss.detach(), grads))
-        if self._bare_steps:
-            opt.optimizer.step()
-            self._count_step(opt)
-        else:
-            opt.step()
-        return loss, O.detach()
-
-    # Lightning wraps every optimizer step in hooks (on_before_backward, on_after_backward,
-    # on_before_zero_grad, on_before_optimizer_step) and precision-plugin calls: ~180 us a step, a third of
-    # this model's step on a CPU. When nothing listens to them (plain 32-bit precision, no callback or
-    # override of those hooks) the step is taken bare, and counted as Lightning counts it.
-    _STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_zero_grad", "on_before_optimizer_step")
-
-    def _step_hooks_in_use(self) -> bool:
-        from pytorch_lightning.plugins.precision import Precision
-        from pytorch_lightning.utilities.model_helpers import is_overridden
-
-        return (type(self.trainer.precision_plugin) is not Precision
-                or any(is_overridden(h, cb, pl.Callback) for cb in self.trainer.callbacks for h in self._STEP_HOOKS)
-                or any(is_overridden(h, self, pl.LightningModule) for h in self._STEP_HOOKS))
-
-    @staticmethod
-    def _count_step(opt) -> None:
-        """Advance trainer.global_step by one step, with the callables LightningOptimizer.step() calls."""
-        opt._on_before_step()
-        opt._on_after_step()
-
-    def _average_across_processes(self, loss, grads) -> torch.Tensor:
-        """DDP: average the gradients in place and return the mean loss, in one all-reduce, so replicas take
-        identical steps (see strategies.py) and all see the same loss: when one diverges, every one stops at
-        that step instead of the others waiting for it in the next all-reduce. One process: the loss as is."""
-        if self.trainer.world_size == 1:
+            loss = self.loss_fn.torch_value(O, y)
+            self._record_train(loss, O, y)
+            self._window.append(loss.detach())
             return loss
-        grads = list(grads)
-        flat = torch.cat([loss.reshape(1), *(g.reshape(-1) for g in grads)])
-        flat = self.trainer.strategy.reduce(flat, reduce_op="mean")
-        for g, mean in zip(grads, flat[1:].split([g.numel() for g in grads])):
-            g.copy_(mean.view_as(g))
-        return flat[0]
+        minibatches = batch if isinstance(batch, list) else [batch]
+        first = batch_idx * self.hparams.batches_per_step  # the epoch's index of this step's first minibatch
+        total = self._minibatches_per_epoch()
+        max_steps = self.trainer.max_steps
+        for i, (X, y) in enumerate(minibatches):
+            if 0 <= max_steps <= self.global_step:  # the speed mode stops mid-group, in SGD steps
+                break
+            loss, O = self.steps.minibatch(X, y, last_of_epoch=first + i + 1 >= total)
+            self._record_train(loss, O, y)
+        return None
 
-    def _guard_finite(self, loss: torch.Tensor) -> None:
-        """Stop at a non-finite loss. Under DDP `loss` is the mean over the processes, so all of them take
-        the same decision at the same step."""
-        if self._deferred:  # noted on the device, without a host sync; training_step reads it
-            first = (self._divergence[0] < 0) & ~torch.isfinite(loss)
-            self._divergence[0] = torch.where(first, float(self.steps_this_epoch), self._divergence[0])
-            self._divergence[1] = torch.where(first, loss.detach().float(), self._divergence[1])
-        elif not torch.isfinite(loss):
-            raise DivergenceError(loss.item(), self.current_epoch, self.steps_this_epoch, self.lr)
+    def _minibatches_per_epoch(self) -> int:
+        if self.hparams.batches_per_step > 1:  # the loader applies the epoch's limit (trainer_flags.py)
+            return self.trainer.train_dataloader.num_minibatches
+        return self.trainer.num_training_batches
+
+    def _record_train(self, loss, O, y) -> None:
+        with torch.no_grad():
+            self._train_sums += torch.stack([loss.detach().float() * len(y), (O.argmax(1) == y).sum().float()])
+        self._seen += len(y)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Automatic optimisation: average (DDP) and check the window's loss before Lightning's step."""
+        if not self.automatic_optimization:
+            return
+        loss = self._window[0] if len(self._window) == 1 else torch.stack(self._window).mean()
+        self._window = []
+        grads = [] if wrapped_by_ddp(self.trainer) or self.trainer.world_size == 1 else \
+            [p.grad for p in self.net.parameters() if p.grad is not None]
+        loss = average_loss_and_grads(self.trainer, loss, grads)
+        self.guard.check(loss, self.global_step + 1)
+        self._step_loss = loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.automatic_optimization and self.global_step != self._logged_step:  # Lightning just stepped
+            self.after_sgd_step(self._step_loss)
+
+    def after_sgd_step(self, loss: torch.Tensor) -> None:
+        """After every SGD step (global_step counts it): `train/loss_step` every trainer.log_every_n_steps."""
+        step, every = self.global_step, self.trainer.log_every_n_steps
+        self._logged_step = step
+        if every and step % every == 0 and self.loggers:  # 0: never, as Lightning's log_every_n_steps=0
+            self.log_at_step({"train/loss_step": loss.item()})
+
+    def log_at_step(self, metrics: dict[str, float]) -> None:
+        """To every logger at the SGD step (Lightning's own logging would use its batch count)."""
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.global_step)
 
     def running_train_metrics(self) -> dict[str, float]:
         """Loss and accuracy of the epoch so far, for the progress bar."""
-        n = self._seen
-        return {"loss": self._loss_sum.item() / n, "acc": self._correct.item() / n} if n else {}
-
-    def on_train_start(self) -> None:
-        self.val_acc_best.reset()  # the sanity check's value must not count as the best
-        self._bare_steps = not self._step_hooks_in_use()
-        defer = self.defer_divergence_check
-        self._deferred = self.device.type != "cpu" if defer is None else defer
+        if not self._seen:
+            return {}
+        loss_sum, correct = self._train_sums.tolist()
+        return {"loss": loss_sum / self._seen, "acc": correct / self._seen}
 
     def on_train_epoch_start(self) -> None:
-        self._loss_sum.zero_()
-        self._correct.zero_()
-        self._seen = self.steps_this_epoch = 0
-        self._divergence.fill_(-1.0)
-        self._sync_device()
-        self._epoch_start, self._train_record = time.perf_counter(), None
+        self._train_sums.zero_()
+        self._seen = 0
+        self._val_record = {}
+        self.guard.start_epoch(self.current_epoch)
+        self._epoch_clock.start(self.device)
 
-    def _sync_device(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def _close_train_epoch(self) -> None:
-        """Stop the epoch clock and log the epoch's train metrics, once per epoch.
-
-        Called when validation starts (it runs inside the training epoch and stays off the clock) or,
-        without validation, at the epoch's end; either way before ModelCheckpoint saves the epoch.
-        """
-        if self._train_record is not None or self._epoch_start is None:
-            return
-        self._sync_device()
-        seconds = time.perf_counter() - self._epoch_start
-        sums = torch.stack([self._loss_sum, self._correct.to(self._loss_sum.dtype),
-                            torch.tensor(float(self._seen), device=self.device)])
+    def on_train_epoch_end(self) -> None:
+        """The epoch's train metrics (the clock stopped at validation), logged with the epoch's last val metrics."""
+        seconds = self._epoch_clock.stop(self.device)
+        self.guard.read()
+        sums = torch.cat([self._train_sums.double(), self._train_sums.new_tensor([self._seen]).double()])
         if self.trainer.world_size > 1:
             sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
         loss_sum, correct, n = sums.tolist()
-        self._train_record = {"train/loss": loss_sum / n, "train/acc": correct / n,
-                              "time/epoch_s": seconds, "time/samples_per_s": n / seconds}
-        self.log_dict(self._train_record)
-
-    def on_train_epoch_end(self) -> None:
-        if self._train_record is None:  # no validation this epoch
-            self._close_train_epoch()
-            self.history.append({"epoch": self.current_epoch, **self._train_record})
+        record = {"train/loss": loss_sum / max(n, 1), "train/acc": correct / max(n, 1), "time/epoch_s": seconds,
+                  "time/samples_per_s": n / seconds if seconds > 0 else 0.0}
+        self.log_dict(record, logger=False)  # for callbacks (EarlyStopping, ModelCheckpoint)
+        self.log_at_step({**record, "epoch": self.current_epoch + 1})
+        self.history.append({"epoch": self.current_epoch, "step": self.global_step, **record, **self._val_record})
 
     # ----------------------------------------------------------------------------------------
     # Validation and test
 
-    def on_validation_epoch_start(self) -> None:
-        if not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
-            self._close_train_epoch()
-        self._eval_sums.zero_()
+    def _fitting(self) -> bool:
+        return self.trainer.state.fn == "fit" and not self.trainer.sanity_checking
 
-    def _eval_step(self, batch, acc_metrics):
+    def on_validation_epoch_start(self) -> None:
+        if self._fitting():  # validation inside a training epoch stays off its clock
+            self._epoch_clock.pause(self.device)
+            self.guard.read()
+
+    def _eval_step(self, batch, metrics: EvalMetrics) -> None:
         X, y = batch
         O = self.net(X)
-        self._eval_sums += torch.stack([self.loss_value(O, y) * len(y), torch.tensor(len(y))])
-        for m in acc_metrics:
-            m.update(O, y)
-        return O
+        metrics.update(O, y, self.loss_value(O, y))
 
     def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, [self.val_acc])
-
-    def _eval_loss(self) -> float:
-        s = self.trainer.strategy.reduce(self._eval_sums, reduce_op="sum") if self.trainer.world_size > 1 \
-            else self._eval_sums
-        return (s[0] / s[1]).item()
+        self._eval_step(batch, self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
-        acc = self.val_acc.compute()
-        self.val_acc.reset()
-        metrics = {"val/loss": self._eval_loss(), "val/acc": acc.item()}
-        if not self.trainer.sanity_checking:
-            self.val_acc_best.update(acc)
+        r = self.val_metrics.compute()
+        self.val_metrics.reset()
+        metrics = {f"val/{k}": r[k].item() for k in ("loss", "acc", "nll", "ece", "entropy")}
+        if self._fitting():
+            self.val_acc_best.update(r["acc"])
             metrics["val/acc_best"] = self.val_acc_best.compute().item()
-        self.log_dict(metrics)
-        if not self.trainer.sanity_checking and self.trainer.state.fn == "fit" and self._train_record is not None:
-            self.history.append({"epoch": self.current_epoch, **self._train_record, **metrics})
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_sums.zero_()
+            self._val_record = metrics
+            self._epoch_clock.resume(self.device)
+        self.log_dict(metrics, logger=False)
+        if not self.trainer.sanity_checking:
+            self.log_at_step(metrics)
 
     def test_step(self, batch, batch_idx):
-        O = self._eval_step(batch, [self.test_acc, self.test_class_acc])
-        self.test_confusion.update(O, batch[1])
+        self._eval_step(batch, self.test_metrics)
 
     def on_test_epoch_end(self) -> None:
-        per_class = self.test_class_acc.compute().tolist()
-        names = self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)]
-        metrics = {"test/loss": self._eval_loss(), "test/acc": self.test_acc.compute().item(),
-                   **{f"test/acc_class/{name.replace(' ', '_')}": a for name, a in zip(names, per_class)}}
-        self.log_dict(metrics)
-        self.test_results = {**metrics, "confusion": self.test_confusion.compute().cpu()}
-        for m in (self.test_acc, self.test_class_acc, self.test_confusion):
-            m.reset()
+        r = self.test_metrics.compute()
+        confusion = r["confusion"].cpu()
+        self.test_metrics.reset()
+        metrics = {f"test/{k}": r[k].item() for k in ("loss", "acc", "nll", "ece", "brier")}
+        self.log_dict(metrics, logger=False)
+        self.log_at_step(metrics)
+        per_class = (confusion.diag().double() / confusion.sum(1).clamp(min=1)).tolist()
+        self.test_results = {**metrics, "confusion": confusion, "per_class_acc": per_class,
+                             "bins": {k: r[k].cpu() for k in ("bin_count", "bin_acc", "bin_conf")}}
 
     # ----------------------------------------------------------------------------------------
-    # Checkpoints carry the per-epoch history, so curves of a resumed run are whole
+    # Checkpoints carry the per-epoch history, so the curves of a resumed run are whole
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["history"] = self.history
         checkpoint["mlflow_run_id"] = getattr(self.logger, "run_id", None)  # eval.py tags its run with it
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self._trainer is None or self.trainer.state.fn == "fit":  # testing the best epoch keeps the history
+        try:
+            testing = self.trainer.state.fn == "test"
+        except RuntimeError:  # not attached to a trainer (load_from_checkpoint)
+            testing = False
+        if not testing:  # testing the best epoch keeps the whole run's history for the curves
             self.history = list(checkpoint.get("history", []))
+
+
+class EpochClock:
+    """Seconds of training in an epoch, validation excluded; waits for the device only at its edges."""
+
+    def __init__(self):
+        self.elapsed, self._since = 0.0, None
+
+    @staticmethod
+    def _now(device) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    def start(self, device) -> None:
+        self.elapsed, self._since = 0.0, self._now(device)
+
+    def pause(self, device) -> None:
+        if self._since is not None:
+            self.elapsed += self._now(device) - self._since
+            self._since = None
+
+    def resume(self, device) -> None:
+        if self._since is None:
+            self._since = self._now(device)
+
+    def stop(self, device) -> float:
+        self.pause(device)
+        return self.elapsed

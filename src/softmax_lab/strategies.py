@@ -1,11 +1,9 @@
-"""DDP for both implementations, with the gradients averaged by the module itself.
+"""softmax-lab's DDP: Lightning's DDP strategy without the DistributedDataParallel wrapper.
 
-The module takes several SGD steps per Lightning step (data.batches_per_step), so torch's
-DistributedDataParallel, which expects one backward per forward, cannot do the averaging; and it
-refuses impl=scratch outright (no parameter requires a gradient). The module averages every step's
-gradients across processes instead (strategy.reduce, one all-reduce per tensor), so the replicas
-take identical steps. This strategy is Lightning's DDP (process launch, process group, samplers,
-metric sync, rank-0 logging and checkpointing) without the DistributedDataParallel wrapper.
+Lightning's DDP (process launch, process group, metric sync, rank-0 logging and checkpointing) is
+kept whole; only the wrapper goes, because it refuses impl=scratch (no parameter requires a
+gradient) and expects one backward per forward, which the speed mode breaks. The module keeps the
+replicas identical itself: see distributed.py. `trainer=ddp` and `trainer=ddp_cpu` select it.
 """
 
 from __future__ import annotations

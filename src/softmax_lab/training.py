@@ -22,6 +22,8 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from softmax_lab import trainer_flags
+from softmax_lab.callbacks import SaveInitialCheckpoint
 from softmax_lab.checkpoints import check_resumable, read_checkpoint
 from softmax_lab.config import validate_config
 from softmax_lab.errors import ConfigError, RunInterrupted
@@ -106,8 +108,8 @@ def write_pictures(module, datamodule, run_dir: Path, title: str) -> list[Path]:
     paths = [plots.samples_grid(X, y, names, run_dir / "samples.png")]
     X, y = datamodule.images("test", 18)
     Xt = datamodule.splits["test"][0][:18]
-    with torch.no_grad():
-        preds = module(Xt.to(module.device)).argmax(1).cpu()
+    with torch.no_grad():  # in the module's precision (trainer.precision=64-true makes it float64)
+        preds = module(Xt.to(module.device, module.dtype)).argmax(1).cpu()
     paths.append(plots.predictions_grid(X, y, preds, names, run_dir / "predictions.png"))
     if "confusion" in module.test_results:
         paths.append(plots.confusion_matrix(module.test_results["confusion"], names, run_dir / "confusion_matrix.png",
@@ -126,23 +128,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, verbose=False)
 
     # Everything that can refuse the config, before any data is read or any run created.
-    datamodule = instantiate(cfg.data, _convert_="all")  # plain values: they go into checkpoints
+    flags = trainer_flags.plan(cfg.trainer, cfg.model.impl, cfg.data.batches_per_step, cfg.callbacks)
+    datamodule = instantiate(cfg.data, **flags.data, _convert_="all")  # plain values: they go into checkpoints
     module = instantiate(cfg.model, num_inputs=datamodule.num_inputs, num_classes=datamodule.num_classes,
-                         class_names=datamodule.class_names, _recursive_=False, _convert_="all")
+                         class_names=datamodule.class_names, **flags.module, _recursive_=False, _convert_="all")
     name = run_name(cfg, overrides)
     if cfg.ckpt_path:
         check_resumable(read_checkpoint(cfg.ckpt_path), cfg.ckpt_path, module.hparams)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]  # null switches one off
-    if not cfg.trainer.get("enable_progress_bar", True):  # the switch users know also removes our bar
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     stop = GracefulStop()
-    try:  # the logger is attached once the run exists; Lightning refuses impossible settings here, first
-        trainer = instantiate(cfg.trainer, callbacks=[*callbacks, stop], logger=False)
-    except InstantiationException as e:
-        reason = str(e.__cause__ or e).strip()[:600]
-        raise ConfigError(f"trainer: {reason} Fix: correct the trainer.* value, or trainer=cpu, which runs anywhere "
-                          "(see `python src/train.py --cfg job`).") from None
-    tracker = instantiate(cfg.logger) if launched_as_rank_zero() else NoTracking()
+    trainer = make_trainer(cfg, flags, [*make_callbacks(cfg), stop])
+    trainer_flags.check_trainer(trainer, flags, cfg.model.impl)
+    # Lightning's fast_dev_run is a smoke test: no logger run and no checkpoints, as Lightning documents
+    quiet = bool(trainer.fast_dev_run)
+    tracker = instantiate(cfg.logger) if launched_as_rank_zero() and not quiet else NoTracking()
     # Creating a fresh sqlite store takes seconds (schema migrations): do it while the data is read. The
     # executor waits for it either way, so a DataError never leaves a half-created store behind.
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -164,6 +162,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
             raise RunInterrupted(signal.SIGTERM if isinstance(e, SIGTERMException) else signal.SIGINT) from e
 
 
+def make_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    """The configured callbacks; `null` switches one off, and the switches Lightning users know also work:
+    trainer.enable_progress_bar=false removes our bar, trainer.enable_checkpointing=false our checkpoints."""
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if not cfg.trainer.get("enable_checkpointing", True):
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ModelCheckpoint | SaveInitialCheckpoint)]
+    return callbacks
+
+
+def make_trainer(cfg: DictConfig, flags, callbacks) -> pl.Trainer:
+    """Lightning's Trainer as configured (flags the module honours by hand replaced); the logger is attached
+    once the run exists. Lightning refuses impossible settings here: one ConfigError with its reason."""
+    try:
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=False, **flags.trainer)
+    except InstantiationException as e:
+        reason = str(e.__cause__ or e).strip()[:600]
+        raise ConfigError(f"trainer: {reason} Fix: correct the trainer.* value, or trainer=cpu, which runs anywhere "
+                          "(see `python src/train.py --cfg job`).") from None
+
+
 def fit_test_record(cfg, module, datamodule, tracker, trainer, stop: GracefulStop, name, overrides, run_dir) -> dict:
     """Fit, test the best checkpoint, write and log the pictures and the checkpoint; the metrics."""
     tracker.log_config(cfg, overrides, run_dir)
@@ -178,7 +198,10 @@ def fit_test_record(cfg, module, datamodule, tracker, trainer, stop: GracefulSto
     trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
     metrics.update(scalars(trainer.callback_metrics))
     stop.check()
-    if trainer.is_global_zero:
+    if trainer.fast_dev_run:
+        print(f"fast_dev_run: {int(trainer.fast_dev_run)} batch(es) of training, validation and test ran without "
+              f"errors; as Lightning's fast_dev_run, nothing was recorded or checkpointed.", flush=True)
+    elif trainer.is_global_zero:
         for p in write_pictures(module, datamodule, run_dir, name):
             tracker.log_artifact(p, "pictures")
         if best:
