@@ -116,7 +116,8 @@ def test_val_check_interval_validates_mid_epoch_but_train_metrics_cover_the_epoc
 def test_early_stopping_stops_as_lightning_documents(make_cfg):
     es = "+callbacks.early_stopping"
     cfg = make_cfg("logger=none", *B50, "trainer.max_epochs=6",
-                   f"{es}._target_=pytorch_lightning.callbacks.EarlyStopping", f"{es}.monitor=val/acc", f"{es}.mode=max", f"{es}.patience=1", f"{es}.min_delta=1.0")
+                   f"{es}._target_=pytorch_lightning.callbacks.EarlyStopping", f"{es}.monitor=val/acc",
+                   f"{es}.mode=max", f"{es}.patience=1", f"{es}.min_delta=1.0")
     train(cfg)
     assert last_ckpt(cfg)["global_step"] == 20  # epoch 1 sets the best, epoch 2 fails to beat it by 1.0: stop
 
