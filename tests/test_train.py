@@ -77,29 +77,69 @@ def test_a_run_is_recorded_whole_in_mlflow(make_cfg, tmp_path):
     client, runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.status == "FINISHED"
-    assert run.info.run_name == "loss=huber impl=scratch"
-    assert run.data.params["optimizer/lr"] == "0.01" and run.data.params["loss/delta"] == "1.0"
-    assert len(run.data.params) >= 20
-    assert run.data.tags["loss"] == "huber" and run.data.tags["impl"] == "scratch"
-    assert run.data.tags["run_dir"] == str(cfg.paths.output_dir)
-    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "time/epoch_s",
-                "time/samples_per_s"):
-        history = client.get_metric_history(run.info.run_id, key)
-        assert len(history) == 3, key
-    assert [m.value for m in client.get_metric_history(run.info.run_id, "val/acc_best")] == sorted(
-        m.value for m in client.get_metric_history(run.info.run_id, "val/acc_best"))
-    assert run.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
-    assert "test/acc_class/ankle_boot" in run.data.metrics
-    assert len(client.get_metric_history(run.info.run_id, "train/loss_step")) == 3  # 6 steps, every 2nd
-    artifacts = {a.path for d in ("", "pictures", "checkpoints") for a in client.list_artifacts(run.info.run_id, d)}
+    rid = run.info.run_id
+    assert run.info.status == "FINISHED" and run.info.run_name == "loss=huber impl=scratch"
+    # params: each setting once, under the key a user types; no paths, no class paths
+    params = run.data.params
+    assert params["loss"] == "huber" and params["loss.delta"] == "1.0" and params["optimizer"] == "sgd"
+    assert params["optimizer.lr"] == "0.01" and params["impl"] == "scratch" and params["data.batch_size"] == "256"
+    assert 15 <= len(params) <= 45
+    assert not [k for k, v in params.items() if "/" in v or "_target_" in k or k.startswith("model.loss")]
+    # tags: the per-run paths, MLflow's own user / source fields, a description
+    tags = run.data.tags
+    assert tags["loss"] == "huber" and tags["impl"] == "scratch" and tags["run_dir"] == str(cfg.paths.output_dir)
+    assert tags["mlflow.source.name"] == "src/train.py" and tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.user"] and "mlflow.source.git.commit" in tags
+    assert "test accuracy" in tags["mlflow.note.content"]
+    # metrics at the SGD step ending each epoch: 500 training images in batches of 256 are 2 steps an epoch
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "val/nll", "val/ece", "time/epoch_s",
+                "time/samples_per_s", "epoch"):
+        assert [m.step for m in client.get_metric_history(rid, key)] == [2, 4, 6], key
+    best = [m.value for m in client.get_metric_history(rid, "val/acc_best")]
+    assert best == sorted(best)
+    assert [m.step for m in client.get_metric_history(rid, "train/loss_step")] == [2, 4, 6]
+    for key in ("test/acc", "test/loss", "test/nll", "test/ece", "test/brier"):
+        assert run.data.metrics[key] == pytest.approx(metrics[key]), key
+    assert not [k for k in run.data.metrics if k.startswith("test/acc_class")]  # a table and a chart instead
+    artifacts = {a.path for d in ("", "pictures", "checkpoints", "tables") for a in client.list_artifacts(rid, d)}
     assert {"config.yaml", "overrides.yaml", "pictures/samples.png", "pictures/predictions.png",
-            "pictures/confusion_matrix.png", "pictures/curves.png"} <= artifacts
+            "pictures/confusion_matrix.png", "pictures/curves.png", "pictures/reliability.png",
+            "pictures/per_class_accuracy.png", "tables/per_class_accuracy.csv"} <= artifacts
     assert any(a.startswith("checkpoints/best-epoch") for a in artifacts)
-    local = Path(client.download_artifacts(run.info.run_id, "pictures", str(tmp_path / "dl")))
+    local = Path(client.download_artifacts(rid, "pictures", str(tmp_path / "dl")))
     sizes = {p.name: Image.open(p).size for p in local.glob("*.png")}
-    assert sizes == {"samples.png": (1350, 380), "predictions.png": (1350, 380),
-                     "confusion_matrix.png": (800, 700), "curves.png": (600, 400)}
+    assert sizes["samples.png"] == (1350, 380) and sizes["curves.png"] == (600, 400)
+    table = Path(client.download_artifacts(rid, "tables/per_class_accuracy.csv", str(tmp_path / "dl2")))
+    rows = table.read_text().splitlines()
+    assert rows[0] == "class_id,class,test_acc" and len(rows) == 11 and rows[10].startswith("9,ankle boot,")
+
+
+def test_the_best_model_is_an_mlflow_model(make_cfg, tmp_path):
+    import mlflow
+
+    cfg = make_cfg("impl=nn", "data.resize=14")  # the model prepares raw 28x28 pixels as the run did
+    train(cfg)
+    client, runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    models = mlflow.search_logged_models(experiment_ids=[runs[0].info.experiment_id], output_format="list")
+    assert [m.source_run_id for m in models] == [runs[0].info.run_id]
+    model = mlflow.pyfunc.load_model(models[0].model_uri)
+    example = model.input_example
+    assert example.shape == (5, 784) and example.dtype == "float32" and 0 <= example.min() <= example.max() <= 1
+    out = model.predict(example)
+    # the oracle: the best checkpoint's own weights on the data module's prepared test images
+    from conftest import compose  # noqa: F401
+    from softmax_lab.data import FashionMNISTDataModule
+
+    best = next((Path(cfg.paths.output_dir) / "checkpoints").glob("best-epoch*.ckpt"))
+    ckpt = torch.load(best, weights_only=True)
+    dm = FashionMNISTDataModule(**ckpt["datamodule_hyper_parameters"])
+    dm.load()
+    O = dm.splits["test"][0][:5] @ ckpt["state_dict"]["net.1.weight"].T + ckpt["state_dict"]["net.1.bias"]
+    assert out["class_id"].tolist() == O.argmax(1).tolist()
+    torch.testing.assert_close(torch.tensor(out["probability"].to_numpy()), torch.softmax(O, 1).max(1).values)
+    assert out["class_name"].tolist() == [dm.class_names[i] for i in O.argmax(1).tolist()]
+    assert list(out.columns[:3]) == ["class_id", "class_name", "probability"] and "p_ankle_boot" in out.columns
 
 
 def test_no_secret_reaches_params_or_tags(make_cfg, tmp_path, monkeypatch):

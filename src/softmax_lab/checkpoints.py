@@ -1,14 +1,33 @@
-"""Reading our checkpoints, with one clear error for a missing, unreadable or foreign file."""
+"""Our checkpoints: written whole or not at all, and read with one clear error for a bad file."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
 from pathlib import Path
 
 import torch
+from pytorch_lightning.plugins import TorchCheckpointIO
 
 from softmax_lab.errors import UserError
+from softmax_lab.signals import protected
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic: the checkpoint goes to a temporary file beside the target
+    and is renamed over it, with SIGINT/SIGTERM held until it is in place. A kill at any moment, SIGKILL
+    included, leaves the previous last.ckpt whole."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with protected():
+            try:
+                super().save_checkpoint(checkpoint, tmp, storage_options)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
 
 
 class CheckpointError(UserError):
@@ -32,14 +51,50 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
     return ckpt
 
 
-def check_resumable(ckpt: dict, path, model_hparams: dict) -> None:
-    """A run resumes only into the model it saved: same implementation, loss and shape."""
+# What a resumed run must share with the run that saved the checkpoint: a difference would silently change
+# what is trained (Lightning restores the optimizer's own settings from the checkpoint, for one).
+MODEL_KEYS = ("impl", "num_inputs", "num_classes", "loss", "optimizer")
+DATA_KEYS = ("batch_size", "val_size", "split_seed", "shuffle_seed", "normalize", "resize", "classes")
+
+
+def _shown(key: str, value) -> str:
+    if isinstance(value, dict):
+        opts = " ".join(f"{key}.{k}={v}" for k, v in value.items() if k != "_target_")
+        return f"{key}={value.get('_target_', '?').rsplit('.', 1)[-1]}" + (f" ({opts})" if opts else "")
+    return f"{key}={value}"
+
+
+def check_resumable(ckpt: dict, path, model_hparams: dict, data_hparams: dict | None = None) -> None:
+    """A run resumes only into what it saved: the same model, loss, optimizer settings and data preparation."""
     saved = ckpt["hyper_parameters"]
-    for key in ("impl", "num_inputs", "num_classes"):
-        if saved[key] != model_hparams[key]:
-            raise CheckpointError(f"ckpt_path={path} was trained with {key}={saved[key]}, this config has "
-                                  f"{key}={model_hparams[key]}. Fix: resume with the run's own config "
-                                  "(its config.yaml), or start a new run without ckpt_path.")
-    if saved["loss"]["_target_"] != model_hparams["loss"]["_target_"]:
-        raise CheckpointError(f"ckpt_path={path} was trained with loss {saved['loss']['_target_']}, this config "
-                              f"has {model_hparams['loss']['_target_']}. Fix: resume with the same loss=.")
+    saved_data = ckpt["datamodule_hyper_parameters"]
+    pairs = [(k, saved.get(k), model_hparams.get(k)) for k in MODEL_KEYS]
+    if data_hparams is not None:
+        pairs += [(f"data.{k}", saved_data.get(k), data_hparams.get(k)) for k in DATA_KEYS]
+    for key, before, now in pairs:
+        if isinstance(before, dict) and isinstance(now, dict):
+            before = {k: v for k, v in before.items() if k != "default_lr"}
+            now = {k: v for k, v in now.items() if k != "default_lr"}
+        if before != now:
+            raise CheckpointError(f"ckpt_path={path} was trained with {_shown(key, before)}, this config has "
+                                  f"{_shown(key, now)}; resuming restores the former, so the run would not be what "
+                                  "the config says. Fix: resume with the run's own config (its config.yaml and "
+                                  "overrides.yaml), or start a new run without ckpt_path.")
+
+
+def epochs_done(ckpt: dict) -> int:
+    """Epochs the checkpoint's run completed (one history entry each; 0 for the checkpoint written at start)."""
+    return len(ckpt.get("history", []))
+
+
+def nothing_left_to_train(ckpt: dict, max_epochs: int, max_steps: int) -> bool:
+    return epochs_done(ckpt) >= max_epochs or 0 <= max_steps <= ckpt.get("global_step", 0)
+
+
+def run_dir_of(ckpt: dict, path: Path) -> Path | None:
+    """The run dir the checkpoint belongs to, if it is still there: a resumed run continues in it."""
+    recorded = ckpt.get("run_dir")
+    for candidate in ([Path(recorded)] if recorded else []) + [Path(path).resolve().parent.parent]:
+        if (candidate / "checkpoints").is_dir():
+            return candidate
+    return None

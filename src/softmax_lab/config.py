@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -30,7 +31,7 @@ def compose(overrides: list[str], output_dir: str | Path, config_name: str = "tr
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _is_int(v) -> bool:
@@ -45,38 +46,129 @@ def _classes_ok(v) -> bool:
             and len(set(v)) == len(v))
 
 
+MAX_SEED = 2**32 - 1  # Lightning's seed_everything (numpy's uint32)
+
 # key, test, what is allowed, an example that works
 RULES = [
-    ("optimizer.lr", lambda v: _is_number(v) and v > 0, "a number > 0", "optimizer.lr=0.1"),
+    ("optimizer.lr", lambda v: _is_number(v) and v > 0, "a finite number > 0", "optimizer.lr=0.1"),
     ("optimizer.momentum", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)", "optimizer.momentum=0.9"),
-    ("optimizer.weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0", "optimizer.weight_decay=1e-4"),
+    ("optimizer.weight_decay", lambda v: _is_number(v) and v >= 0, "a finite number >= 0",
+     "optimizer.weight_decay=1e-4"),
+    ("optimizer.dampening", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]", "optimizer.dampening=0"),
+    ("optimizer.nesterov", lambda v: isinstance(v, bool), "true or false", "optimizer.nesterov=true"),
+    ("optimizer.eps", lambda v: _is_number(v) and v > 0, "a finite number > 0", "optimizer.eps=1e-8"),
+    ("optimizer.betas", lambda v: _pair_in_unit(v), "two numbers in [0, 1)", "optimizer.betas=[0.9,0.999]"),
+    ("optimizer.amsgrad", lambda v: isinstance(v, bool), "true or false", "optimizer.amsgrad=true"),
     ("data.batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1", "data.batch_size=256"),
     ("data.val_size", lambda v: _is_int(v) and 1 <= v <= 59999, "an integer in 1..59999", "data.val_size=5000"),
     ("data.resize", lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1", "data.resize=64"),
     ("data.classes", _classes_ok, "null or a list of two or more distinct class ids in 0..9", "data.classes=[0,6]"),
-    ("data.batches_per_step", lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1",
-     "data.batches_per_step=8"),
+    ("data.batches_per_step", lambda v: _is_int(v) and v >= 1, "an integer >= 1", "data.batches_per_step=8"),
     ("data.normalize", lambda v: isinstance(v, bool), "true or false", "data.normalize=true"),
     ("data.download", lambda v: isinstance(v, bool), "true or false", "data.download=true"),
-    ("trainer.max_epochs", lambda v: _is_int(v) and v >= 1, "an integer >= 1", "trainer.max_epochs=10"),
-    ("loss.margin", lambda v: _is_number(v) and v > 0, "a number > 0", "loss.margin=1.0"),
-    ("loss.delta", lambda v: _is_number(v) and v > 0, "a number > 0", "loss.delta=1.0"),
+    ("data.split_seed", lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"an integer in 0..{MAX_SEED}",
+     "data.split_seed=0"),
+    ("trainer.max_epochs", lambda v: _is_int(v) and (v >= 1 or v == -1), "an integer >= 1 (or -1: no limit)",
+     "trainer.max_epochs=10"),
+    ("trainer.log_every_n_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: no step losses)",
+     "trainer.log_every_n_steps=50"),
+    ("loss.margin", lambda v: _is_number(v) and v > 0, "a finite number > 0", "loss.margin=1.0"),
+    ("loss.delta", lambda v: _is_number(v) and v > 0, "a finite number > 0", "loss.delta=1.0"),
     ("loss.on", lambda v: v in ("logits", "probs"), "logits or probs", "loss.on=probs"),
-    ("model.init_std", lambda v: _is_number(v) and v >= 0, "a number >= 0", "model.init_std=0.01"),
-    ("seed", _is_int, "an integer", "seed=42"),
+    ("model.init_std", lambda v: _is_number(v) and v >= 0, "a finite number >= 0", "model.init_std=0.01"),
+    ("seed", lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"an integer in 0..{MAX_SEED}", "seed=42"),
+]
+EVAL_RULES = [
+    ("batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1", "batch_size=2048"),
+    ("data_dir", lambda v: v is None or isinstance(v, str), "null or a folder", "data_dir=/path/to/fashion-mnist"),
 ]
 _MISSING = object()
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Raise one ConfigError listing every value out of range, naming the key, what is allowed and an example."""
+def _pair_in_unit(v) -> bool:
+    v = list(v) if OmegaConf.is_list(v) or isinstance(v, list | tuple) else None
+    return v is not None and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v)
+
+
+def _faults(cfg: DictConfig, rules) -> list[str]:
     faults = []
-    for key, ok, allowed, example in RULES:
+    for key, ok, allowed, example in rules:
         value = OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=False)
         if value is _MISSING:
             continue
         if not ok(value):
             shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
             faults.append(f"{key}={shown!r} is not allowed: expected {allowed} (e.g. {example})")
+    return faults
+
+
+def _optimizer_faults(optimizer) -> list[str]:
+    """Options the chosen optimizer does not take, and nesterov without what torch requires of it."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    target = optimizer.get("_target_")
+    try:
+        cls = get_class(target)
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "params"}
+    except Exception:
+        return [f"optimizer._target_={target!r} is not an optimizer class (e.g. optimizer=sgd or optimizer=adam)"]
+    faults = []
+    unknown = sorted(k for k in optimizer if k != "_target_" and k not in accepted)
+    if unknown:
+        options = ", ".join(sorted(accepted - {"foreach", "maximize", "capturable", "differentiable", "fused"}))
+        faults.append(f"{', '.join('optimizer.' + k for k in unknown)} not an option of {target} (its options: "
+                      f"{options}; remove it with ~optimizer.{unknown[0]}, or choose another optimizer=)")
+    if optimizer.get("nesterov") and not (optimizer.get("momentum", 0) > 0 and optimizer.get("dampening", 0) == 0):
+        faults.append("optimizer.nesterov=true needs momentum > 0 and dampening = 0, as torch.optim.SGD does "
+                      "(e.g. optimizer.momentum=0.9)")
+    return faults
+
+
+def _memory_faults(cfg: DictConfig) -> list[str]:
+    """data.resize makes every image side^2 floats: refuse what would not fit in the machine's memory."""
+    side = OmegaConf.select(cfg, "data.resize", default=None)
+    if not _is_int(side) or side <= 28:
+        return []
+    classes = OmegaConf.select(cfg, "data.classes", default=None)
+    share = len(classes) / 10 if classes else 1.0
+    need = 70_000 * share * (side * side + 784) * 4 * 1.1  # the resized splits, the 28x28 copy being resized
+    have = available_memory()
+    if have is None or need <= 0.8 * have:
+        return []
+    fits = int(math.sqrt(max(0.8 * have / (70_000 * share * 4 * 1.1) - 784, 1)))
+    return [f"data.resize={side} needs about {need / 2**30:.1f} GiB for the data set in memory, this machine has "
+            f"{have / 2**30:.1f} GiB available (e.g. data.resize={min(fits, 64)}, or data.classes=[0,6] for fewer "
+            "images)"]
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux /proc/meminfo), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise one ConfigError listing every value out of range, naming the key, what is allowed and an example."""
+    faults = _faults(cfg, RULES)
+    if "optimizer" in cfg and not any(f.startswith("optimizer.") for f in faults):
+        faults += _optimizer_faults(OmegaConf.to_container(cfg.optimizer, resolve=True))
+    faults += _memory_faults(cfg)
+    if faults:
+        raise ConfigError("invalid config: " + "; ".join(faults) + ".")
+
+
+def validate_eval_config(cfg: DictConfig) -> None:
+    """eval.py's own keys: ckpt_path is required."""
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
+        raise ConfigError("ckpt_path is required: the checkpoint to evaluate, e.g. "
+                          "`python src/eval.py ckpt_path=outputs/runs/<date>/<time>/checkpoints/best-epoch07.ckpt`.")
+    faults = _faults(cfg, EVAL_RULES)
     if faults:
         raise ConfigError("invalid config: " + "; ".join(faults) + ".")

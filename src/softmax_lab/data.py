@@ -216,7 +216,11 @@ def _keep_classes(X, y, classes):
 
 def _pixels(X: torch.Tensor, resize: int | None) -> torch.Tensor:
     """uint8 (n, 28, 28) -> float32 (n, side*side) in [0, 1], as ToTensor (and Resize) would."""
-    X = X.float().div_(255)
+    return resize_pixels(X.float().div_(255), resize)
+
+
+def resize_pixels(X: torch.Tensor, resize: int | None) -> torch.Tensor:
+    """float (n, 28, 28) in [0, 1] -> (n, side*side), bilinearly resized with antialiasing when `resize` is set."""
     if resize:
         import torch.nn.functional as F
 
@@ -224,6 +228,11 @@ def _pixels(X: torch.Tensor, resize: int | None) -> torch.Tensor:
                                      align_corners=False).clamp_(0, 1)
                        for c in X.split(4096)])
     return X.reshape(len(X), -1)
+
+
+def prepare_pixels(X: torch.Tensor, resize: int | None, mean: float, std: float) -> torch.Tensor:
+    """Pixels in [0, 1] (n, 28, 28) or (n, 784) -> the model's inputs, as training prepared them."""
+    return (resize_pixels(X.reshape(len(X), 28, 28).float(), resize) - mean) / std
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,9 +289,9 @@ class TensorBatches:
                 yield self.X[i * size : (i + 1) * size], self.y[i * size : (i + 1) * size]
             return
         idx = self.indices()
-        for i in range(count):
+        for i in range(count):  # index_select: 3x faster than X[j] for 256 rows of 784 on the CPU (measured)
             j = idx[i * size : (i + 1) * size]
-            yield self.X[j], self.y[j]
+            yield torch.index_select(self.X, 0, j), torch.index_select(self.y, 0, j)
 
     def __iter__(self):
         if not self.group:
@@ -323,6 +332,7 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         self.train_limit = train_limit  # the speed mode's limit_train_batches, in minibatches (trainer_flags.py)
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.mean, self.std = 0.0, 1.0
+        self.located_dir: Path | None = None  # where the files were found (a run's tag)
 
     @property
     def side(self) -> int:
@@ -352,6 +362,7 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         if self.splits:
             return
         paths = locate_fashion_mnist(self.data_dir, self.download)
+        self.located_dir = paths["train_images"].parent
         ordered = tuple(sorted(paths.items()))
         splits, self.mean, self.std = _prepare_splits(
             ordered, tuple(p.stat().st_mtime for _, p in ordered), self.val_size, self.split_seed,
@@ -389,6 +400,13 @@ class FashionMNISTDataModule(pl.LightningDataModule):
 
     def test_dataloader(self):
         return self._batches("test", self.eval_batch_size, shuffle=False)
+
+    def raw_test_images(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first n official test images (of data.classes) as the files hold them: (n, 28, 28) in [0, 1]."""
+        _, (X, y) = load_fashion_mnist(self.data_dir, self.download)
+        if self.classes:
+            X, y = _keep_classes(X, y.long(), self.classes)
+        return X[:n].float() / 255, y[:n].long()
 
     def images(self, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first n images of a split as (n, side, side) in [0, 1] for pictures, with labels."""

@@ -8,6 +8,8 @@ the message still names the first bad step.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from softmax_lab.errors import DivergenceError
@@ -49,8 +51,9 @@ class DivergenceGuard:
     def check(self, loss: torch.Tensor, step: int) -> None:
         """`loss` is the loss SGD step `step` (1-based, global: the metrics' step axis) is about to use."""
         if not self.deferred:
-            if not torch.isfinite(loss):
-                raise DivergenceError(loss.item(), self.epoch, step, self.advice(step == 1))
+            value = loss.item()  # free on the CPU; cheaper than torch.isfinite
+            if not math.isfinite(value):
+                raise DivergenceError(value, self.epoch, step, self.advice(step == 1))
             return
         first = (self._noted[0] < 0) & ~torch.isfinite(loss)  # noted without a host sync
         self._noted[0] = torch.where(first, float(step), self._noted[0])

@@ -79,13 +79,11 @@ class CrossEntropy(Loss):
         return F.cross_entropy(O, y)
 
     def value_and_grad(self, O, y):
-        m = O.max(dim=1, keepdim=True).values
+        m = O.amax(dim=1, keepdim=True)
         E = (O - m).exp_()  # one softmax for both
         s = E.sum(dim=1, keepdim=True)
-        rows = torch.arange(len(O), device=O.device)
-        value = (s.log() + m).squeeze(1).sub_(O[rows, y]).mean()
-        G = E.div_(s)
-        G[rows, y] -= 1
+        value = (s.log() + m - O.gather(1, y[:, None])).mean()
+        G = E.div_(s).scatter_add_(1, y[:, None], O.new_full((len(O), 1), -1.0))  # softmax(o) - Y
         return value, G.div_(len(O))
 
 
@@ -192,3 +190,9 @@ class Margin(Loss):
 
 
 LOSSES = {cls.name: cls for cls in (CrossEntropy, SquaredError, Margin, Huber, L1)}
+
+
+def name_of(target: str) -> str:
+    """The `loss=` name of a loss class path: softmax_lab.losses.Huber -> huber."""
+    cls = target.rsplit(".", 1)[-1]
+    return next((name for name, c in LOSSES.items() if c.__name__ == cls), cls.lower())

@@ -98,7 +98,8 @@ class SoftmaxRegressionModule(pl.LightningModule):
 
         # Train loss and accuracy are running sums on the device, read once per epoch (a torchmetrics update
         # costs a tenth of a step here); validation and test, whose batches are few and large, use EvalMetrics.
-        self.register_buffer("_train_sums", torch.zeros(2), persistent=False)  # loss * n, correct
+        self.register_buffer("_loss_sum", torch.zeros(()), persistent=False)  # sum of loss x batch size
+        self.register_buffer("_correct", torch.zeros((), dtype=torch.long), persistent=False)
         self._seen = 0
         self.val_metrics = EvalMetrics(num_classes)
         self.test_metrics = EvalMetrics(num_classes, confusion=True)
@@ -169,8 +170,8 @@ class SoftmaxRegressionModule(pl.LightningModule):
         return self.trainer.num_training_batches
 
     def _record_train(self, loss, O, y) -> None:
-        with torch.no_grad():
-            self._train_sums += torch.stack([loss.detach().float() * len(y), (O.argmax(1) == y).sum().float()])
+        self._loss_sum.add_(loss.detach(), alpha=len(y))
+        self._correct.add_(O.detach().argmax(1).eq(y).sum())
         self._seen += len(y)
 
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -179,15 +180,18 @@ class SoftmaxRegressionModule(pl.LightningModule):
             return
         loss = self._window[0] if len(self._window) == 1 else torch.stack(self._window).mean()
         self._window = []
-        grads = [] if wrapped_by_ddp(self.trainer) or self.trainer.world_size == 1 else \
-            [p.grad for p in self.net.parameters() if p.grad is not None]
-        loss = average_loss_and_grads(self.trainer, loss, grads)
+        if self.trainer.world_size > 1:
+            wrapped = wrapped_by_ddp(self.trainer)  # DistributedDataParallel averaged the gradients already
+            grads = [] if wrapped else [p.grad for p in self.net.parameters() if p.grad is not None]
+            loss = average_loss_and_grads(self.trainer, loss, grads)
         self.guard.check(loss, self.global_step + 1)
         self._step_loss = loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self.automatic_optimization and self.global_step != self._logged_step:  # Lightning just stepped
             self.after_sgd_step(self._step_loss)
+        if batch_idx + 1 >= self.trainer.num_training_batches:  # the epoch's training work is done:
+            self._epoch_clock.finish(self.device)  # its validation, checkpoints and logging stay off the clock
 
     def after_sgd_step(self, loss: torch.Tensor) -> None:
         """After every SGD step (global_step counts it): `train/loss_step` every trainer.log_every_n_steps."""
@@ -205,11 +209,11 @@ class SoftmaxRegressionModule(pl.LightningModule):
         """Loss and accuracy of the epoch so far, for the progress bar."""
         if not self._seen:
             return {}
-        loss_sum, correct = self._train_sums.tolist()
-        return {"loss": loss_sum / self._seen, "acc": correct / self._seen}
+        return {"loss": self._loss_sum.item() / self._seen, "acc": self._correct.item() / self._seen}
 
     def on_train_epoch_start(self) -> None:
-        self._train_sums.zero_()
+        self._loss_sum.zero_()
+        self._correct.zero_()
         self._seen = 0
         self._val_record = {}
         self.guard.start_epoch(self.current_epoch)
@@ -219,7 +223,8 @@ class SoftmaxRegressionModule(pl.LightningModule):
         """The epoch's train metrics (the clock stopped at validation), logged with the epoch's last val metrics."""
         seconds = self._epoch_clock.stop(self.device)
         self.guard.read()
-        sums = torch.cat([self._train_sums.double(), self._train_sums.new_tensor([self._seen]).double()])
+        seen = self._loss_sum.new_tensor(self._seen, dtype=torch.float64)
+        sums = torch.stack([self._loss_sum.double(), self._correct.double(), seen])
         if self.trainer.world_size > 1:
             sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
         loss_sum, correct, n = sums.tolist()
@@ -240,6 +245,10 @@ class SoftmaxRegressionModule(pl.LightningModule):
             self._epoch_clock.pause(self.device)
             self.guard.read()
 
+    def on_validation_end(self) -> None:
+        if self._fitting():  # after ModelCheckpoint saved (callbacks run before the module)
+            self._epoch_clock.resume(self.device)
+
     def _eval_step(self, batch, metrics: EvalMetrics) -> None:
         X, y = batch
         O = self.net(X)
@@ -256,7 +265,6 @@ class SoftmaxRegressionModule(pl.LightningModule):
             self.val_acc_best.update(r["acc"])
             metrics["val/acc_best"] = self.val_acc_best.compute().item()
             self._val_record = metrics
-            self._epoch_clock.resume(self.device)
         self.log_dict(metrics, logger=False)
         if not self.trainer.sanity_checking:
             self.log_at_step(metrics)
@@ -280,7 +288,8 @@ class SoftmaxRegressionModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["history"] = self.history
-        checkpoint["mlflow_run_id"] = getattr(self.logger, "run_id", None)  # eval.py tags its run with it
+        checkpoint["mlflow_run_id"] = getattr(self.logger, "run_id", None)  # a resume reopens it; eval.py cites it
+        checkpoint["run_dir"] = self.trainer.default_root_dir  # a resume continues there
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         try:
@@ -292,10 +301,11 @@ class SoftmaxRegressionModule(pl.LightningModule):
 
 
 class EpochClock:
-    """Seconds of training in an epoch, validation excluded; waits for the device only at its edges."""
+    """Seconds of training work in an epoch: paused for validation, stopped at the epoch's last batch, so
+    checkpoint writes and metric flushes at the epoch's end stay off it. Waits for the device at its edges only."""
 
     def __init__(self):
-        self.elapsed, self._since = 0.0, None
+        self.elapsed, self._since, self._finished = 0.0, None, False
 
     @staticmethod
     def _now(device) -> float:
@@ -304,7 +314,7 @@ class EpochClock:
         return time.perf_counter()
 
     def start(self, device) -> None:
-        self.elapsed, self._since = 0.0, self._now(device)
+        self.elapsed, self._since, self._finished = 0.0, self._now(device), False
 
     def pause(self, device) -> None:
         if self._since is not None:
@@ -312,9 +322,13 @@ class EpochClock:
             self._since = None
 
     def resume(self, device) -> None:
-        if self._since is None:
+        if self._since is None and not self._finished:
             self._since = self._now(device)
 
-    def stop(self, device) -> float:
+    def finish(self, device) -> None:
         self.pause(device)
+        self._finished = True
+
+    def stop(self, device) -> float:
+        self.finish(device)
         return self.elapsed
