@@ -1,4 +1,4 @@
-# softmax-lab: `make train`, `make test`, `make ui`, `make bench` (each installs first when needed).
+# softmax-lab: `make train`, `make test`, `make ui`, `make bench`, `make figures` (each installs first when needed).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -7,7 +7,7 @@ PORT   ?= 5000
 STORE  ?= sqlite:///$(CURDIR)/outputs/mlflow.db
 ARGS   ?=
 
-.PHONY: install train test ui bench lint clean constraints
+.PHONY: install train test ui bench figures lint clean constraints
 
 install: $(STAMP)
 
@@ -24,14 +24,17 @@ train: install
 test: install
 	$(PY) -m pytest -q $(ARGS)
 
-# The MLflow UI for the project's store (or STORE=...), on loopback only; one worker starts in seconds.
+# The MLflow UI for the project's store (or STORE=...), on loopback only: prints the links that open the
+# runs table, then serves the store with one worker (starts in seconds).
 ui: install
-	@echo "MLflow UI for $(STORE) at http://127.0.0.1:$(PORT)  (Ctrl-C stops it)"
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(PY) -m mlflow server --backend-store-uri "$(STORE)" \
-		--host 127.0.0.1 --port $(PORT) --workers 1
+	@$(PY) -m softmax_lab.ui --store "$(STORE)" --host 127.0.0.1 --port $(PORT)
 
 bench: install
 	$(PY) benchmarks/bench.py $(ARGS)
+
+# The loss zoo (docs/loss_zoo.png): each loss, its likelihood and gradient, from src/softmax_lab/losses.py.
+figures: install
+	$(PY) -m softmax_lab.figures $(ARGS)
 
 lint: install
 	$(PY) -m ruff check src tests benchmarks

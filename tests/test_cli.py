@@ -162,11 +162,11 @@ def _weights(ckpt):
     return torch.load(ckpt, weights_only=True)["state_dict"]
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupt_is_killed_and_resume_is_exact(tiny_data, tmp_path, signum, code):
-    epochs = 40
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)])
+def test_interrupt_then_resume_continues_the_run_exactly(tiny_data, tmp_path, signum, code):
+    epochs = 30
     args = [f"data.data_dir={tiny_data}", "data.val_size=100", *QUIET, f"trainer.max_epochs={epochs}",
-            "impl=scratch", "optimizer.momentum=0.9"]
+            "impl=scratch", "optimizer.momentum=0.9", "data.batch_size=50"]
     env = {**store_env(tmp_path), "PYTHONWARNINGS": "ignore"}
     run_dir = tmp_path / "interrupted"
     proc = subprocess.Popen([sys.executable, "src/train.py", *args, f"hydra.run.dir={run_dir}"], cwd=ROOT,
@@ -174,38 +174,56 @@ def test_interrupt_is_killed_and_resume_is_exact(tiny_data, tmp_path, signum, co
                             text=True)
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 120
-    while time.time() < deadline:  # wait until a few epochs are done
+    while time.time() < deadline:  # wait until a few epochs are done, then interrupt wherever it is
         if last.exists():
             try:
                 if torch.load(last, weights_only=True)["epoch"] >= 2:
                     break
             except Exception:
-                pass  # being written
+                pass  # replaced while we read
         time.sleep(0.05)
     proc.send_signal(signum)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == code, out
-    assert "KILLED" in out and "Traceback" not in out
     client, runs = mlflow_runs(env["MLFLOW_TRACKING_URI"])
-    assert [r.info.status for r in runs] == ["KILLED"]
-    stopped_at = torch.load(last, weights_only=True)["epoch"]
-    assert stopped_at < epochs - 1, "the run finished before the signal arrived"
+    if signum != signal.SIGKILL:
+        assert "recorded KILLED" in out and f"resume with ckpt_path={last}" in out and "Traceback" not in out, out
+    assert [r.info.status for r in runs] == ["RUNNING" if signum == signal.SIGKILL else "KILLED"]
+    interrupted_id = runs[0].info.run_id
+    assert torch.load(last, weights_only=True)["epoch"] < epochs - 1, "the run finished before the signal arrived"
 
-    resumed = run_cli([*args, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}"], env=env)
+    resumed = run_cli([*args, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'new'}"], env=env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert f"browse: make ui STORE={env['MLFLOW_TRACKING_URI']}" in resumed.stdout  # the closing summary
-    assert re.search(r"test/acc [01]\.\d{4}", resumed.stdout)
+    assert f"in {run_dir}" in resumed.stdout and re.search(r"test/acc [01]\.\d{4}", resumed.stdout)
     straight = run_cli([*args, f"hydra.run.dir={tmp_path / 'straight'}"], env=env)
     assert straight.returncode == 0
-    a = _weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
-    b = _weights(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    a, b = _weights(last), _weights(tmp_path / "straight" / "checkpoints" / "last.ckpt")
     assert torch.equal(a["net.W"], b["net.W"]) and torch.equal(a["net.b"], b["net.b"])
-    _, runs = mlflow_runs(env["MLFLOW_TRACKING_URI"])
-    finished = [r for r in runs if r.info.status == "FINISHED"]
-    assert len(finished) == 2 and finished[0].data.metrics["test/acc"] == finished[1].data.metrics["test/acc"]
-    assert any(r.data.tags.get("resumed_from") == str(last) for r in finished)
+    client, runs = mlflow_runs(env["MLFLOW_TRACKING_URI"])
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    cont = next(r for r in runs if r.info.run_id == interrupted_id)  # the same MLflow run, finished
+    other = next(r for r in runs if r.info.run_id != interrupted_id)
+    assert cont.data.tags["resumed_from"] == str(last)
+    for key in ("test/acc", "test/loss", "val/acc_best"):
+        assert cont.data.metrics[key] == other.data.metrics[key], key
+    for key in ("train/loss", "val/acc", "train/loss_step"):  # continued: no step missing, none twice
+        steps = [m.step for m in client.get_metric_history(cont.info.run_id, key)]
+        assert sorted(steps) == [m.step for m in sorted(client.get_metric_history(other.info.run_id, key),
+                                                        key=lambda m: m.step)], key
 
 
-def test_make_ui_binds_loopback_only():
+def test_make_ui_binds_loopback_only_and_prints_the_runs_link(tmp_path, monkeypatch, capsys):
+    from softmax_lab import ui
+    from softmax_lab.tracking import connect
+
     out = subprocess.run(["make", "-n", "ui"], cwd=ROOT, capture_output=True, text=True).stdout
-    assert "--host 127.0.0.1" in out and "--workers 1" in out and "0.0.0.0" not in out
+    assert "--host 127.0.0.1" in out and "0.0.0.0" not in out
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _, experiment_id = connect(store, "fashion-mnist-softmax")
+    launched = []
+    monkeypatch.setattr(ui.os, "execve", lambda exe, argv, env: launched.append(argv))
+    ui.main(["--store", store, "--port", "5123"])
+    printed = capsys.readouterr().out
+    assert f"http://127.0.0.1:5123/#/experiments/{experiment_id}/runs?workflowType=machine_learning" in printed
+    argv = launched[0]
+    assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--workers") + 1] == "1"

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch.func import grad
 
-from softmax_lab.losses import L1, LOSSES, CrossEntropy, Huber, Margin, SquaredError, softmax
+from softmax_lab.losses import L1, LOSSES, BinaryCrossEntropy, CrossEntropy, Huber, Margin, SquaredError, softmax
 
 CASES = [
     ("ce", {}), ("mse", {"on": "logits"}), ("mse", {"on": "probs"}), ("margin", {}), ("margin", {"margin": 2.5}),
     ("huber", {"on": "logits"}), ("huber", {"on": "probs"}), ("huber", {"delta": 0.3}), ("l1", {"on": "logits"}),
-    ("l1", {"on": "probs"}),
+    ("l1", {"on": "probs"}), ("bce", {}),
 ]
 IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}" for n, o in CASES]
 
@@ -65,6 +65,11 @@ def test_formulas_on_a_hand_computed_example():
     assert Margin(margin=3.0).value(O, y).item() == pytest.approx(max(0, 3 - 2) + max(0, 3 - 3))  # 1 + 0
     assert Huber(delta=0.5).value(O, y).item() == pytest.approx(0.5 * (1 - 0.25) * 2)
     assert L1().value(O, y).item() == pytest.approx(2.0)
+    sp = lambda o: torch.log1p(torch.exp(torch.tensor(o))).item()  # noqa: E731  softplus
+    assert BinaryCrossEntropy().value(O, y).item() == pytest.approx(sp(2.0) - 2.0 + sp(0.0) + sp(-1.0))
+    sig = lambda o: 1 / (1 + torch.exp(-torch.tensor(o))).item()  # noqa: E731
+    torch.testing.assert_close(BinaryCrossEntropy().grad(O, y), torch.tensor([[sig(2.0) - 1, 0.5, sig(-1.0)]],
+                                                                                dtype=torch.float64))
     torch.testing.assert_close(Margin(margin=3.0).grad(O, y), torch.tensor([[-1.0, 1.0, 0.0]], dtype=torch.float64))
 
 
@@ -78,3 +83,16 @@ def test_softmax_is_shift_invariant_and_sums_to_one():
 def test_unknown_on_mode_is_refused():
     with pytest.raises(ValueError, match="loss.on='sigmoid'"):
         SquaredError(on="sigmoid")
+
+
+def test_two_class_cross_entropy_is_logistic_regression():
+    # data.classes=[a,b]: softmax over two logits is the sigmoid of their difference s = o_1 - o_0, so the
+    # cross-entropy is the logistic loss of s, and its gradient moves o_1 and o_0 by equal and opposite amounts
+    O, y = batch(2.0, C=2)
+    s = O[:, 1] - O[:, 0]
+    torch.testing.assert_close(softmax(O)[:, 1], torch.sigmoid(s))
+    torch.testing.assert_close(CrossEntropy().value(O, y),
+                               torch.nn.functional.binary_cross_entropy_with_logits(s, y.double()))
+    G = CrossEntropy().grad(O, y)
+    torch.testing.assert_close(G[:, 1], (torch.sigmoid(s) - y) / len(y))
+    torch.testing.assert_close(G[:, 0], -G[:, 1])

@@ -1,9 +1,11 @@
-"""A real `mlflow server` on loopback serves a training run over the REST API the UI uses."""
+"""A real `mlflow server` on loopback serves a training run over the REST API the UI uses, and the link a run
+prints opens its runs table in a real browser (headless Chromium) that has never opened MLflow before."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -35,8 +37,26 @@ def get(url):
         return r.read()
 
 
-def test_the_ui_server_serves_the_run_with_its_pictures(make_cfg, tmp_path):
+def chromium() -> str | None:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.environ.get("CI") == "true":
+        pytest.fail("CI=true but chromium is missing (.ci/run installs Debian's chromium package)")
+    return found
+
+
+def rendered_page(browser: str, url: str, profile) -> str:
+    """The page as a fresh headless Chromium renders it (a new profile: nothing remembered from earlier visits)."""
+    r = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                        "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}",
+                        "--window-size=1400,900", "--virtual-time-budget=20000", "--dump-dom", url],
+                       capture_output=True, text=True, timeout=120)
+    return r.stdout
+
+
+def test_the_ui_server_serves_the_run_with_its_pictures(make_cfg, tmp_path, capsys):
     metrics = train(make_cfg("loss=huber", "impl=scratch"))
+    links = [w for w in capsys.readouterr().out.split() if w.startswith("http://127.0.0.1:5000/")]
+    assert len(links) == 2 and all("workflowType=machine_learning" in u for u in links)
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -65,6 +85,12 @@ def test_the_ui_server_serves_the_run_with_its_pictures(make_cfg, tmp_path):
         assert {f["path"] for f in listed["files"]} >= {"pictures/curves.png", "pictures/samples.png"}
         png = get(f"{base}/get-artifact?path=pictures/curves.png&run_uuid={run_id}")
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        browser = chromium()
+        if browser is None:
+            pytest.skip("headless Chromium is not installed (apt-get install chromium): the browser check is skipped")
+        runs_table = links[0].replace("http://127.0.0.1:5000", base)
+        page = rendered_page(browser, runs_table, tmp_path / "profile")
+        assert "loss=huber impl=scratch" in page, page[-2000:]  # the runs table, not MLflow's GenAI view
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -49,7 +49,20 @@ def test_loss_by_impl_sweep_is_one_parent_with_children_and_a_summary(tiny_data,
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
     assert arts == {"summary/sweep_summary.csv", "summary/sweep_summary.md", "summary/sweep_summary.png"}
     assert "| ce | scratch | FINISHED |" in (tmp_path / "sweep" / "sweep_summary.md").read_text()
-    assert "Sweep summary (4 jobs, 0 failed" in r.stdout
+    assert "Sweep summary (4 jobs, 0 not finished" in r.stdout
+    # the parent tells the sweep's result: the best child's numbers and name, what was swept, the table
+    parent = client.get_run(parent.info.run_id)
+    def key(c):
+        return c.data.metrics["val/acc_best"], c.data.metrics["test/acc"]
+
+    best = max(children, key=key)  # scratch and nn tie on the tiny data: any of the tied ones is the best
+    assert parent.data.tags["best_run_id"] in {c.info.run_id for c in children if key(c) == key(best)}
+    assert parent.data.metrics["val/acc_best"] == pytest.approx(best.data.metrics["val/acc_best"])
+    assert parent.data.metrics["test/acc"] == pytest.approx(best.data.metrics["test/acc"])
+    assert parent.data.params == {"loss": "ce,mse", "impl": "scratch,nn"}
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith("**Sweep of 4 jobs, 0 not finished.** Best: job") and "| mse | nn | FINISHED |" in note
+    assert parent.data.tags["mlflow.source.name"] == "src/train.py -m"
 
 
 def test_a_diverging_job_fails_alone(tiny_data, tmp_path):
@@ -61,6 +74,26 @@ def test_a_diverging_job_fails_alone(tiny_data, tmp_path):
     rows = read_summary(tmp_path)
     assert sorted(x["status"] for x in rows) == ["FAILED", "FINISHED"]
     assert "Traceback" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("bad", ["optimizer.lr=0.1,-1", "data.val_size=100,600"])
+def test_a_job_refused_before_its_run_existed_is_listed_failed(tiny_data, tmp_path, bad):
+    r, _, parents, children = sweep(tiny_data, tmp_path, *bad.split())
+    assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr
+    assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED"]
+    failed = next(c for c in children if c.info.status == "FAILED")
+    assert "is not allowed" in failed.data.tags["failure_reason"] or "leaves no" in failed.data.tags["failure_reason"]
+    assert failed.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    rows = read_summary(tmp_path)
+    assert sorted(x["status"] for x in rows) == ["FAILED", "FINISHED"]
+    assert "(2 jobs, 1 not finished" in r.stdout
+
+
+def test_an_untracked_sweep_still_lists_every_job_and_exits_non_zero(tiny_data, tmp_path):
+    r, _, parents, children = sweep(tiny_data, tmp_path, "logger=none", "optimizer.lr=0.1,-1")
+    assert r.returncode == 1 and parents == [] and children == []
+    rows = read_summary(tmp_path)
+    assert [(x["job"], x["status"], x["loss"]) for x in rows] == [("0", "FINISHED", "ce"), ("1", "FAILED", "ce")]
 
 
 def test_joblib_launcher_runs_four_jobs_in_parallel_into_one_fresh_store(tiny_data, tmp_path):

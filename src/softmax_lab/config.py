@@ -30,8 +30,11 @@ def compose(overrides: list[str], output_dir: str | Path, config_name: str = "tr
         return hydra_compose(config_name, overrides=[*overrides, f"paths.output_dir={output_dir}"])
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the settings meet float32 tensors: beyond it they overflow
+
+
 def _is_number(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= FLOAT32_MAX
 
 
 def _is_int(v) -> bool:
@@ -72,8 +75,8 @@ RULES = [
      "trainer.max_epochs=10"),
     ("trainer.log_every_n_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: no step losses)",
      "trainer.log_every_n_steps=50"),
-    ("loss.margin", lambda v: _is_number(v) and v > 0, "a finite number > 0", "loss.margin=1.0"),
-    ("loss.delta", lambda v: _is_number(v) and v > 0, "a finite number > 0", "loss.delta=1.0"),
+    ("loss.margin", lambda v: _is_number(v) and v > 0, "a number > 0 that float32 holds (< 3.4e38)", "loss.margin=1.0"),
+    ("loss.delta", lambda v: _is_number(v) and v > 0, "a number > 0 that float32 holds (< 3.4e38)", "loss.delta=1.0"),
     ("loss.on", lambda v: v in ("logits", "probs"), "logits or probs", "loss.on=probs"),
     ("model.init_std", lambda v: _is_number(v) and v >= 0, "a finite number >= 0", "model.init_std=0.01"),
     ("seed", lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"an integer in 0..{MAX_SEED}", "seed=42"),

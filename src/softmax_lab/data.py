@@ -401,6 +401,13 @@ class FashionMNISTDataModule(pl.LightningDataModule):
     def test_dataloader(self):
         return self._batches("test", self.eval_batch_size, shuffle=False)
 
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: the training split's pixel statistics, so a checkpoint alone prepares images."""
+        return {"mean": self.mean, "std": self.std}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.std = state.get("mean", self.mean), state.get("std", self.std)
+
     def raw_test_images(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first n official test images (of data.classes) as the files hold them: (n, 28, 28) in [0, 1]."""
         _, (X, y) = load_fashion_mnist(self.data_dir, self.download)

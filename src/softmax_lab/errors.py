@@ -1,5 +1,7 @@
 """Errors a user can cause and fix. The entry points print their message, without a traceback."""
 
+from __future__ import annotations
+
 
 class UserError(Exception):
     """A mistake in the input (config, data, environment): one message naming the key or file and the fix."""
@@ -15,6 +17,24 @@ class DataError(UserError):
 
 class TrackingError(UserError):
     """The MLflow tracking store cannot be reached or used."""
+
+
+class StorageError(UserError):
+    """A file of the run could not be written: the disk is full, read-only or not ours to write."""
+
+    @classmethod
+    def from_os_error(cls, e: OSError) -> StorageError:
+        import errno
+
+        what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                errno.EPERM: "permission denied"}.get(e.errno, e.strerror or str(e))
+        where = e.filename or "a file of the run"
+        return cls(f"cannot write {where}: {what}. Fix: free space or choose a writable place (hydra.run.dir=..., "
+                   "MLFLOW_TRACKING_URI=...); the run is recorded FAILED, and the last complete checkpoint resumes it.")
+
+
+WRITE_ERRNOS = {28, 30, 13, 1, 122}  # ENOSPC, EROFS, EACCES, EPERM, EDQUOT
 
 
 class DivergenceError(UserError):

@@ -1,11 +1,11 @@
-"""The five losses of softmax regression, as DESIGN.md's table reads.
+"""The losses of softmax regression, as the README's table reads.
 
 O: (n, C) logits, y: (n,) class ids, Y = onehot(y). Every loss is the batch mean of a per-sample
 loss l(o, y). Each class gives
     value(O, y)        the formula, by hand            (impl=scratch)
     grad(O, y)         dL/dO of the batch mean, by hand (impl=scratch), shape (n, C)
     torch_value(O, y)  the same number from torch.nn.functional (impl=nn, autograd)
-mse and huber may be taken on probabilities (on="probs"): o is replaced by softmax(o) and the
+mse, huber and l1 may be taken on probabilities (on="probs"): o is replaced by softmax(o) and the
 gradient goes back through the softmax Jacobian, g -> p * (g - <g, p>).
 """
 
@@ -189,7 +189,34 @@ class Margin(Loss):
         return F.multi_margin_loss(O, y, margin=self.margin) * O.shape[1]  # torch divides by C
 
 
-LOSSES = {cls.name: cls for cls in (CrossEntropy, SquaredError, Margin, Huber, L1)}
+class BinaryCrossEntropy(Loss):
+    """One-vs-rest binary cross-entropy with logits: each class its own logistic regression,
+    l = sum_i [softplus(o_i) - Y_i o_i]  (= -sum_i [Y_i log sigmoid(o_i) + (1 - Y_i) log(1 - sigmoid(o_i))]);
+    dl/do = sigmoid(o) - Y."""
+
+    name = "bce"
+
+    @staticmethod
+    def _softplus(O):
+        return O.clamp(min=0) + (-O.abs()).exp().log1p()  # log(1 + e^o) without overflow
+
+    @staticmethod
+    def _sigmoid(O):
+        E = (-O.abs()).exp()  # e^-|o| <= 1: stable for both signs
+        return torch.where(O >= 0, 1 / (1 + E), E / (1 + E))
+
+    def value(self, O, y):
+        return (self._softplus(O) - onehot(y, O.shape[1], O.dtype) * O).sum(dim=1).mean()
+
+    def grad(self, O, y):
+        return (self._sigmoid(O) - onehot(y, O.shape[1], O.dtype)) / len(O)
+
+    def torch_value(self, O, y):
+        Y = F.one_hot(y, O.shape[1]).to(O.dtype)
+        return F.binary_cross_entropy_with_logits(O, Y, reduction="sum") / len(O)
+
+
+LOSSES = {cls.name: cls for cls in (CrossEntropy, SquaredError, Margin, Huber, L1, BinaryCrossEntropy)}
 
 
 def name_of(target: str) -> str:

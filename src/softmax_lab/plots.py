@@ -43,12 +43,12 @@ def samples_grid(images, labels, class_names, path: Path) -> Path:
     return image_grid(images, [class_names[int(y)] for y in labels], path, suptitle="Training samples")
 
 
-def predictions_grid(images, labels, preds, class_names, path: Path) -> Path:
+def predictions_grid(images, labels, preds, class_names, path: Path, cols: int = 9) -> Path:
     """Test images titled true/predicted; mistakes in red (d2l predict_ch3)."""
     titles = [f"{class_names[int(t)]}\n{class_names[int(p)]}" for t, p in zip(labels, preds)]
     colors = ["black" if int(t) == int(p) else "red" for t, p in zip(labels, preds)]
     n_wrong = colors.count("red")
-    return image_grid(images, titles, path, title_colors=colors,
+    return image_grid(images, titles, path, rows=-(-len(titles) // cols), cols=cols, title_colors=colors,
                       suptitle=f"Test predictions (true / predicted): {n_wrong} of {len(titles)} wrong, in red")
 
 

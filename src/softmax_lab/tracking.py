@@ -32,6 +32,7 @@ from softmax_lab.signals import protected
 log = logging.getLogger(__name__)
 
 PARENT_RUN_ENV = "SOFTMAX_LAB_PARENT_RUN_ID"  # set by the sweep callback for its jobs
+SWEPT_KEYS_ENV = "SOFTMAX_LAB_SWEPT_KEYS"  # likewise: a job is named by what its sweep varies
 MAX_PARAM_VALUE = 6000  # MLflow 3's limit on a param value
 MAX_TAG_VALUE = 5000
 UI_VIEW = "workflowType=machine_learning"  # MLflow 3's UI opens its GenAI view without it
@@ -153,6 +154,21 @@ def run_params(cfg: DictConfig, choices: dict | None = None) -> dict[str, str]:
 
 
 @contextlib.contextmanager
+def store_write(uri: str):
+    """One write to the store, protected from signals; the store's refusal (read-only, full, gone) becomes
+    one TrackingError naming the store, not a traceback."""
+    try:
+        with protected():
+            yield
+    except UserError:
+        raise
+    except Exception as e:
+        raise TrackingError(f"the MLflow store {redact(uri)} refused a write ({_first_line(e)[:200]}). Fix: make it "
+                            "writable (space, permissions) or point MLFLOW_TRACKING_URI / logger.tracking_uri "
+                            "elsewhere; the last complete checkpoint resumes the run.") from None
+
+
+@contextlib.contextmanager
 def _fail_fast_http():
     """A tracking server that is down should fail in seconds, not after MLflow's minutes of retries."""
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
@@ -256,6 +272,7 @@ class BufferedMlflowLogger(MLFlowLogger):
 
     def __init__(self, logged_until: dict[str, int] | None = None, **kwargs):
         super().__init__(**kwargs)
+        self.store_uri = kwargs["tracking_uri"]
         self._buffer = []
         self._logged_until = logged_until or {}
 
@@ -275,7 +292,7 @@ class BufferedMlflowLogger(MLFlowLogger):
     def flush(self) -> None:
         while self._buffer:
             batch = self._buffer[:1000]
-            with protected():
+            with store_write(self.store_uri):
                 self.experiment.log_batch(self.run_id, metrics=batch)
             self._buffer = self._buffer[1000:]
 
@@ -284,10 +301,15 @@ class BufferedMlflowLogger(MLFlowLogger):
 
 
 class FlushMetrics(pl.Callback):
-    """Write the buffered metrics at each epoch's end, after testing, and when anything fails."""
+    """Write the buffered metrics before every checkpoint is written (so a resume, even after SIGKILL, finds
+    in the store everything its checkpoint's run had logged), at each epoch's end, after testing, and when
+    anything fails."""
 
     def __init__(self, logger: BufferedMlflowLogger):
         self.logger = logger
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self.logger.flush()
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.logger.flush()
@@ -337,7 +359,7 @@ class MlflowTracker:
         if parent:
             tags["mlflow.parentRunId"] = parent
         tags = {k: str(v)[:MAX_TAG_VALUE] for k, v in tags.items()}
-        with protected():
+        with store_write(self.uri):
             if self.find_run(resume_run_id) is not None:
                 self.run_id = resume_run_id
                 self.client.update_run(resume_run_id, status="RUNNING")
@@ -360,7 +382,7 @@ class MlflowTracker:
 
         resolved = OmegaConf.to_container(cfg, resolve=True)
         resolved.get("logger", {}).pop("tracking_uri", None)  # may hold credentials; the store is known anyway
-        with protected():
+        with store_write(self.uri):
             existing = self.client.get_run(self.run_id).data.params
             changed = {k: v for k, v in params.items() if k in existing and existing[k] != v}
             new = [Param(k, v) for k, v in params.items() if k not in existing]
@@ -383,19 +405,19 @@ class MlflowTracker:
         return [FlushMetrics(self.logger)] if self.logger is not None else []
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        with protected():
+        with store_write(self.uri):
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_model(self, module, datamodule, params: dict[str, str]) -> str:
         from softmax_lab.mlflow_model import log_model
 
-        with protected():
+        with store_write(self.uri):
             self.model_uri = log_model(self.client, self.run_id, self.experiment_id, module, datamodule, params,
                                        self.registered_model_name)
         return self.model_uri
 
     def set_description(self, markdown: str) -> None:
-        with protected():
+        with store_write(self.uri):
             self.client.set_tag(self.run_id, "mlflow.note.content", markdown[:MAX_TAG_VALUE])
 
     def finish(self, status: str, reason: str | None = None, description: str | None = None) -> None:
@@ -453,14 +475,14 @@ def recorded_run(tracker, name: str, tags: dict[str, str], resume_run_id: str | 
     try:
         yield
         status = "FINISHED"
-    except (RunInterrupted, KeyboardInterrupt, SIGTERMException) as e:
-        status, reason = "KILLED", str(e) if isinstance(e, RunInterrupted) else f"interrupted ({type(e).__name__})"
-        raise
-    except UserError as e:  # DivergenceError among them
-        reason = str(e)
-        raise
     except BaseException as e:
-        reason = "".join(traceback.format_exception_only(type(e), e)).strip()
+        if isinstance(e, RunInterrupted | KeyboardInterrupt | SIGTERMException):
+            status, reason = "KILLED", str(e) if isinstance(e, RunInterrupted) else f"interrupted ({type(e).__name__})"
+        elif isinstance(e, UserError):  # DivergenceError among them
+            reason = str(e)
+        else:
+            reason = "".join(traceback.format_exception_only(type(e), e)).strip()
+        e.recorded = tracker.run_id is not None  # so the command line says truthfully whether a run holds it
         raise
     finally:
         tracker.finish(status, reason, _outcome_description(status, reason))

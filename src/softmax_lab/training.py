@@ -33,16 +33,22 @@ from softmax_lab.checkpoints import (
     run_dir_of,
 )
 from softmax_lab.config import validate_config
-from softmax_lab.errors import ConfigError, RunInterrupted
+from softmax_lab.errors import WRITE_ERRNOS, ConfigError, RunInterrupted, StorageError
 from softmax_lab.signals import INTERRUPTS
-from softmax_lab.tracking import NoTracking, launched_as_rank_zero, recorded_run, run_params, source_tags
+from softmax_lab.tracking import (
+    SWEPT_KEYS_ENV,
+    NoTracking,
+    launched_as_rank_zero,
+    recorded_run,
+    run_params,
+    source_tags,
+)
 
 log = logging.getLogger(__name__)
 
 # Overrides that say where or how things run, not what is trained: left out of run names.
 _PLACE_KEYS = ("hydra.", "paths.", "logger.", "+hydra", "ckpt_path", "~", "data.data_dir", "data.download",
                "trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar", "callbacks.")
-SWEPT_KEYS_ENV = "SOFTMAX_LAB_SWEPT_KEYS"  # set by the sweep callback: a job is named by what its sweep varies
 
 
 def hydra_context() -> dict:
@@ -152,8 +158,20 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     try:
         with recorded_run(tracker, name, tags, resume_run_id=resume.run_id if resume else None):
             return fit_test_record(cfg, module, datamodule, tracker, trainer, name, overrides, run_dir, params)
-    except (KeyboardInterrupt, SIGTERMException) as e:  # recorded KILLED; one exception type for the CLI
-        raise RunInterrupted(signal.SIGTERM if isinstance(e, SIGTERMException) else signal.SIGINT) from e
+    except (RunInterrupted, KeyboardInterrupt, SIGTERMException) as e:  # recorded KILLED; one type for the CLI
+        interrupted = e if isinstance(e, RunInterrupted) else \
+            RunInterrupted(signal.SIGTERM if isinstance(e, SIGTERMException) else signal.SIGINT)
+        interrupted.recorded = getattr(e, "recorded", False)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if last.exists():
+            interrupted.resume_hint = f"ckpt_path={last}"
+        if interrupted is e:
+            raise
+        raise interrupted from e
+    except OSError as e:  # a full or read-only disk: recorded FAILED above; the user gets one line
+        if e.errno in WRITE_ERRNOS:
+            raise StorageError.from_os_error(e) from None
+        raise
 
 
 class Resume:

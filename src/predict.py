@@ -1,0 +1,21 @@
+"""Predict the class of image files with a trained checkpoint: `python src/predict.py ckpt_path=... images=...`."""
+
+import hydra
+
+from softmax_lab.config import register_resolvers
+from softmax_lab.training import configure_logging_quietly
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def main(cfg) -> float:
+    from softmax_lab.cli import run_job
+    from softmax_lab.prediction import predict
+
+    return run_job(predict, cfg, objective="predicted")
+
+
+if __name__ == "__main__":
+    configure_logging_quietly()
+    main()

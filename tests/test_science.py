@@ -1,0 +1,178 @@
+"""What the textbook teaches, measured: calibration metrics, loss=bce, the loss zoo, predicting a user's images."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import mlflow_runs, run_cli
+from softmax_lab.metrics import EvalMetrics, confidence_bin
+from softmax_lab.training import train
+
+# ---------------------------------------------------------------------------------------------
+# Calibration
+
+
+def test_calibration_on_a_hand_computed_example():
+    # two samples, three classes: confidences 0.7 (right) and 0.5 (wrong); bins of width 1/15
+    P = torch.tensor([[0.7, 0.2, 0.1], [0.3, 0.5, 0.2]], dtype=torch.float64)
+    O, y = P.log(), torch.tensor([0, 0])
+    m = EvalMetrics(3)
+    m.update(O, y, torch.tensor(0.0))
+    r = m.compute()
+    assert r["acc"].item() == 0.5
+    assert r["nll"].item() == pytest.approx(-(math.log(0.7) + math.log(0.3)) / 2)
+    # bins: 0.7 in (10/15, 11/15] with accuracy 1, 0.5 in (7/15, 8/15] with accuracy 0
+    assert r["ece"].item() == pytest.approx((abs(1 - 0.7) + abs(0 - 0.5)) / 2)
+    brier = ((0.7 - 1) ** 2 + 0.2**2 + 0.1**2 + (0.3 - 1) ** 2 + 0.5**2 + 0.2**2) / 2
+    assert r["brier"].item() == pytest.approx(brier)
+    entropy = -sum(p * math.log(p) for p in (0.7, 0.2, 0.1, 0.3, 0.5, 0.2)) / 2
+    assert r["entropy"].item() == pytest.approx(entropy)
+    assert confidence_bin(torch.tensor([0.05, 0.07, 0.999, 1.0])).tolist() == [0, 1, 14, 14]
+
+
+def test_calibration_agrees_with_independent_computations():
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
+
+    g = torch.Generator().manual_seed(0)
+    m = EvalMetrics(10, confusion=True)
+    Os, ys = [], []
+    for _ in range(4):  # several batches, as validation feeds them
+        O, y = torch.randn(300, 10, generator=g) * 3, torch.randint(0, 10, (300,), generator=g)
+        m.update(O, y, torch.tensor(1.0))
+        Os.append(O)
+        ys.append(y)
+    O, y = torch.cat(Os), torch.cat(ys)
+    r = m.compute()
+    P = O.softmax(1)
+    assert r["ece"].item() == pytest.approx(MulticlassCalibrationError(10, n_bins=15)(P, y).item(), abs=1e-6)
+    assert r["nll"].item() == pytest.approx(F.cross_entropy(O, y).item(), rel=1e-6)
+    assert r["acc"].item() == pytest.approx(MulticlassAccuracy(10, average="micro")(O, y).item())
+    assert r["brier"].item() == pytest.approx(((P - F.one_hot(y, 10)) ** 2).sum(1).mean().item(), rel=1e-6)
+    assert r["confusion"].sum().item() == 1200 and r["confusion"].diag().sum().item() == int(r["acc"] * 1200)
+
+
+def test_every_run_measures_calibration_and_draws_its_reliability(make_cfg, tmp_path):
+    cfg = make_cfg("loss=mse")
+    metrics = train(cfg)
+    assert {"test/nll", "test/ece", "test/brier", "val/nll", "val/ece", "val/entropy"} <= set(metrics)
+    assert (Path(cfg.paths.output_dir) / "reliability.png").exists()
+    client, runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(client.get_metric_history(runs[0].info.run_id, "val/ece")) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# loss=bce
+
+
+def test_bce_trains_the_same_model_in_both_impls(make_cfg):
+    common = ["loss=bce", "logger=none", "+trainer.precision=64-true", "optimizer.momentum=0.5"]
+    s = train(make_cfg("impl=scratch", *common))
+    n = train(make_cfg("impl=nn", *common))
+    assert s["test/acc"] == n["test/acc"] > 0.5 and s["train/loss"] == pytest.approx(n["train/loss"], rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss zoo
+
+
+def test_the_loss_zoo_is_drawn_from_the_losses_the_model_trains_with(tmp_path):
+    from softmax_lab.figures import loss_zoo, one_logit_curves
+
+    t = torch.linspace(-3, 3, 7, dtype=torch.float64)
+    loss, gradient = one_logit_curves("huber", 0, t)
+    expected = torch.where((t - 1).abs() <= 1, 0.5 * (t - 1) ** 2, (t - 1).abs() - 0.5)  # the logit vs target 1
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(gradient, (t - 1).clamp(-1, 1))
+    loss, gradient = one_logit_curves("ce", 0, t)
+    torch.testing.assert_close(loss, torch.log(t.exp() + 9) - t)
+    path = loss_zoo(tmp_path / "zoo.png")
+    assert Image.open(path).size == (1300, 750)
+
+
+# ---------------------------------------------------------------------------------------------
+# predict.py: a user's own images
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_data):
+    from conftest import compose
+
+    out = tmp_path_factory.mktemp("predict-run")
+    cfg = compose([f"data.data_dir={tiny_data}", "data.val_size=100", "trainer.max_epochs=3", "logger=none",
+                   "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"], out)
+    train(cfg)
+    return next((out / "checkpoints").glob("best-epoch*.ckpt"))
+
+
+def band_image(c: int, size: tuple[int, int] = (28, 28), light_background=False) -> np.ndarray:
+    """The tiny data's class c (a light band at rows 2+2c) drawn at any size; uint8 grey."""
+    img = np.zeros((28, 28), np.uint8)
+    img[2 + 2 * c : 4 + 2 * c, :] = 230
+    img = Image.fromarray(img).resize(size, Image.NEAREST)
+    arr = np.asarray(img)
+    return 255 - arr if light_background else arr
+
+
+def test_predict_names_the_class_of_image_files_of_any_size_and_mode(trained, tmp_path):
+    from softmax_lab.prediction import load_image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cases = {"c3_grey28.png": (3, "L", (28, 28), False), "c7_rgb112.png": (7, "RGB", (28, 28), False),
+             "c5_rgba.png": (5, "RGBA", (28, 28), False), "c1_light_bg.jpg": (1, "RGB", (28, 28), True)}
+    for name, (c, mode, size, light) in cases.items():
+        Image.fromarray(band_image(c, size, light)).convert(mode).save(folder / name)
+    (folder / "notes.png").write_text("not an image")
+    x = load_image(folder / "c1_light_bg.jpg")  # a light background is inverted: the object light on black
+    assert x.shape == (28, 28) and x[:2].mean() < 0.1 and x[4:6].mean() > 0.7
+    r = run_cli([f"ckpt_path={trained}", f"images={folder}", f"hydra.run.dir={tmp_path / 'out'}"],
+                script="src/predict.py")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "Traceback" not in out, out
+    lines = {line.split(":", 1)[0]: line for line in out.splitlines() if line.startswith(("c", "notes"))}
+    names = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+    for name, (c, *_) in cases.items():
+        assert lines[name].split(": ", 1)[1].startswith(names[c] + " ("), lines[name]
+        assert "top-3:" in lines[name]
+    assert "notes.png: not a readable image" in lines["notes.png"]
+    assert (tmp_path / "out" / "predictions.png").exists()
+
+
+def test_predict_resizes_a_large_photo_like_image(trained):
+    from softmax_lab.prediction import load_image
+
+    big = np.full((300, 200), 255, np.uint8)  # a dark object on white paper, off-centre
+    big[40:120, 20:180] = 30
+    path = Path(trained).parent / "photo.jpg"
+    Image.fromarray(big).convert("RGB").save(path)
+    x = load_image(path)
+    assert x.shape == (28, 28) and x.max() > 0.7 and x[0].max() < 0.05  # inverted, trimmed, centred on black
+    rows = np.nonzero(x.max(1) > 0.5)[0]
+    assert 28 * 0.25 <= len(rows) <= 28 * 0.6  # an 80 x 160 object fills the width, half the height
+
+
+def test_predict_test_images_draws_the_textbook_grid(trained, tmp_path, tiny_data):
+    r = run_cli([f"ckpt_path={trained}", "images=test:12", f"data_dir={tiny_data}", f"hydra.run.dir={tmp_path}"],
+                script="src/predict.py")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("test image ") == 12 and " of 12 right" in r.stdout
+    assert Image.open(tmp_path / "predictions.png").size == (1350, 380)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["images=/nowhere/*.png"], "no image files there"),
+    (["images=test:0"], "expected test:N with N >= 1"),
+    (["images=x.png", "top_k=11"], "top_k=11 is not allowed: expected an integer in 1..10"),
+    ([], "images is required"),
+])
+def test_predict_refuses_bad_input_in_one_line(trained, tmp_path, args, says):
+    r = run_cli([f"ckpt_path={trained}", *args, f"hydra.run.dir={tmp_path}"], script="src/predict.py")
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and says in out and "Traceback" not in out, out
