@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -c "from softmax_lab.tracking import new_sqlite_store, store_template; import os; \
+		new_sqlite_store(store_template().with_name('probe.db')); os.remove(store_template().with_name('probe.db'))"
 	touch $(STAMP)
 
 train: install

@@ -219,6 +219,35 @@ def store_lock(db: Path | None):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def store_template() -> Path:
+    """Where an empty store made by this MLflow version is kept (beside the installed packages)."""
+    import sys
+
+    import mlflow
+
+    return Path(sys.prefix) / "share" / "softmax-lab" / f"empty-mlflow-{mlflow.__version__}.db"
+
+
+def new_sqlite_store(db: Path) -> None:
+    """Create the store at `db` (under store_lock) by copying an empty one this MLflow version made: its ~50
+    schema migrations take seconds each time otherwise. The template is made once, by MLflow itself
+    (`make install` makes it ahead); where it cannot be kept, MLflow creates the store as usual."""
+    import shutil
+
+    template = store_template()
+    try:
+        if not template.exists():
+            from mlflow.tracking import MlflowClient
+
+            template.parent.mkdir(parents=True, exist_ok=True)
+            tmp = template.with_name(f".{template.name}.{os.getpid()}")
+            MlflowClient(f"sqlite:///{tmp}").search_experiments()  # MLflow creates and migrates it
+            os.replace(tmp, template)
+        shutil.copyfile(template, db)
+    except OSError as e:  # a read-only install: MLflow creates the store itself
+        log.debug("no store template (%s)", e)
+
+
 def ensure_experiment(client, name: str, uri: str) -> str:
     """The experiment's id, creating it (with its artifact location) if needed."""
     exp = client.get_experiment_by_name(name)
@@ -240,6 +269,8 @@ def connect(uri: str, experiment_name: str):
         with _fail_fast_http(), store_lock(db), protected():
             if db is not None:
                 check_sqlite_store(db)
+                if not db.exists() or db.stat().st_size == 0:
+                    new_sqlite_store(db)
             client = MlflowClient(uri)
             experiment_id = ensure_experiment(client, experiment_name, uri)
     except UserError:
