@@ -142,6 +142,18 @@ def test_the_best_model_is_an_mlflow_model(make_cfg, tmp_path):
     assert list(out.columns[:3]) == ["class_id", "class_name", "probability"] and "p_ankle_boot" in out.columns
 
 
+def test_the_model_can_be_registered(make_cfg, tmp_path):
+    train(make_cfg("impl=scratch", "logger.registered_model_name=fashion-softmax"))
+    client, runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    versions = client.search_model_versions("name='fashion-softmax'")
+    assert [int(v.version) for v in versions] == [1] and versions[0].run_id == runs[0].info.run_id
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/fashion-softmax/1")
+    assert len(model.predict(model.input_example)) == 5
+
+
 def test_no_secret_reaches_params_or_tags(make_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
     train(make_cfg())
