@@ -30,6 +30,18 @@ from softmax_lab.errors import ConfigError
     (["data.split_seed=-3"], "data.split_seed=-3 is not allowed"),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0 is not allowed: expected an integer >= 1 (or -1: no limit)"),
     (["data.batches_per_step=0"], "data.batches_per_step=0 is not allowed"),
+    (["optimizer.lr=-0.1", "data.batch_size=0"], "data.batch_size=0 is not allowed: expected an integer >= 1"),
+    (["data.val_size=60000"], "data.val_size=60000 is not allowed: expected an integer in 1..59999"),
+    (["loss=margin", "loss.margin=0"], "loss.margin=0 is not allowed"),
+    (["loss=huber", "loss.delta=-1"], "loss.delta=-1 is not allowed"),
+    (["model.init_std=-0.01"], "model.init_std=-0.01 is not allowed"),
+    (["data.classes=[0,0,3]"], "data.classes=[0, 0, 3] is not allowed: expected null or a list of two or more"),
+    (["data.classes=[3]"], "data.classes=[3] is not allowed"),
+    (["data.classes=[0,12]"], "data.classes=[0, 12] is not allowed"),
+    (["loss=mse", "loss.on=sigmoid"], "loss.on='sigmoid' is not allowed: expected logits or probs"),
+    (["data.normalize=maybe"], "data.normalize='maybe' is not allowed: expected true or false"),
+    (["trainer.max_epochs=1.5"], "trainer.max_epochs=1.5 is not allowed"),
+    (["optimizer.lr=abc"], "optimizer.lr='abc' is not allowed"),
 ])
 def test_values_out_of_range_are_refused_with_key_range_and_example(tmp_path, overrides, says):
     with pytest.raises(ConfigError) as e:

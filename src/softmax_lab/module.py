@@ -110,7 +110,6 @@ class SoftmaxRegressionModule(pl.LightningModule):
         self.guard: DivergenceGuard | None = None
         self._window: list[torch.Tensor] = []  # automatic optimisation: losses since the last optimizer step
         self._epoch_clock = EpochClock()
-        self._train_record: dict[str, float] | None = None
         self._val_record: dict[str, float] = {}
         self._logged_step = -1  # the global step train/loss_step last looked at
         self._step_loss: torch.Tensor | None = None
