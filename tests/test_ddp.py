@@ -42,3 +42,12 @@ def test_ddp_cpu_divergence_stops_every_process_with_one_message_and_a_failed_ru
     _, runs = mlflow_runs(env["MLFLOW_TRACKING_URI"])
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert "diverged" in runs[0].data.tags["failure_reason"]
+
+
+def test_ddp_inside_a_local_multirun_is_refused_per_job(tiny_data, tmp_path):
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    r = run_cli(["-m", "trainer=ddp_cpu", "loss=ce,mse", f"data.data_dir={tiny_data}", "data.val_size=100",
+                 "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"], env=env, timeout=180)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "Traceback" not in out, out
+    assert out.count("DDP processes inside a local Hydra multirun") == 2 and "(2 jobs, 2 not finished" in out

@@ -152,3 +152,28 @@ def test_divergence_advice_names_the_likely_cause(make_cfg, tmp_path, overrides,
     assert cause in str(e.value)
     _, runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert runs[0].info.status == "FAILED" and cause in runs[0].data.tags["mlflow.note.content"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Two processes at once
+
+
+def test_a_run_dir_another_process_is_writing_is_refused(make_cfg, tmp_path):
+    from softmax_lab.errors import ConfigError
+
+    cfg = make_cfg("trainer.max_epochs=1")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    code = ("import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run_dir / ".softmax-lab.lock")], stdout=subprocess.PIPE,
+                              text=True)  # another training process, as far as the lock can tell
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match="is being written by another training process"):
+            train(cfg)
+    finally:
+        holder.kill()
+    _, runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert runs == []
+    train(cfg)  # once it is gone, the run dir is free

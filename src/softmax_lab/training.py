@@ -6,6 +6,7 @@ after that, whatever happens is recorded: FINISHED, FAILED (with the reason) or 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -58,7 +59,7 @@ def hydra_context() -> dict:
     hc = HydraConfig.get()
     ctx = {"overrides": list(hc.overrides.task), "choices": dict(hc.runtime.choices)}
     if hc.mode == hc.mode.MULTIRUN:  # reading job.num in a single run raises
-        ctx.update(job_num=hc.job.num, sweep_dir=hc.sweep.dir)
+        ctx.update(job_num=hc.job.num, sweep_dir=hc.sweep.dir, launcher=str(hc.launcher.get("_target_", "")))
     return ctx
 
 
@@ -111,11 +112,30 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     SIGINT/SIGTERM end it at any point (signals.py): before the run exists nothing is recorded; after,
     the run is recorded KILLED and last.ckpt resumes it."""
-    with INTERRUPTS.installed():
-        return _train(cfg)
+    with INTERRUPTS.installed(), contextlib.ExitStack() as stack:
+        return _train(cfg, stack)
 
 
-def _train(cfg: DictConfig) -> dict[str, float]:
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path):
+    """One process writes a run dir at a time: a second one (the same last.ckpt resumed twice at once) is
+    refused in one line instead of both overwriting each other's checkpoints and MLflow run."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".softmax-lab.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{run_dir} is being written by another training process right now. Fix: wait for it "
+                              "to end, or train into another hydra.run.dir.") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _train(cfg: DictConfig, stack: contextlib.ExitStack) -> dict[str, float]:
     validate_config(cfg)
     ctx = hydra_context()
     overrides = ctx.get("overrides", [])
@@ -135,6 +155,11 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         resume.check(module.hparams, datamodule.hparams)
     trainer = make_trainer(cfg, flags, make_callbacks(cfg))
     trainer_flags.check_trainer(trainer, flags, cfg.model.impl)
+    on_cluster = ctx.get("launcher", "").startswith("hydra_plugins.hydra_submitit")
+    if "job_num" in ctx and trainer.world_size > 1 and not on_cluster:
+        raise ConfigError(f"trainer: {trainer.world_size} DDP processes inside a local Hydra multirun would each "
+                          "re-run the whole sweep (Lightning re-launches the script). Fix: run each job on its own, or "
+                          "hydra/launcher=submitit_slurm for DDP jobs on a cluster.")
     # Lightning's fast_dev_run is a smoke test: no logger run and no checkpoints, as Lightning documents
     tracker = instantiate(cfg.logger) if launched_as_rank_zero() and not trainer.fast_dev_run else NoTracking()
     # Creating a fresh sqlite store takes seconds (schema migrations): do it while the data is read. The
@@ -145,6 +170,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         connecting.result()  # an unreachable store stops here, before training
     if resume is not None:
         resume.refuse_if_finished(tracker, cfg)
+    if launched_as_rank_zero():
+        stack.enter_context(run_dir_lock(run_dir))
 
     tags = {"overrides": " ".join(overrides) or "(defaults)", "run_dir": str(run_dir),
             "loss": name.split()[0].removeprefix("loss="), "impl": cfg.model.impl,
@@ -153,7 +180,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         tags.update(sweep_dir=ctx["sweep_dir"], job_num=ctx["job_num"])
     if resume is not None:
         tags["resumed_from"] = str(resume.path)
-        print(f"resuming {resume.path} (epoch {resume.epochs_done} done) in {run_dir}", flush=True)
+        print(f"resuming {resume.path}: {resume.epochs_done} epoch(s) done, continuing in {run_dir}", flush=True)
     params = run_params(cfg, ctx.get("choices"))
     try:
         with recorded_run(tracker, name, tags, resume_run_id=resume.run_id if resume else None):
