@@ -136,12 +136,15 @@ def test_predict_names_the_class_of_image_files_of_any_size_and_mode(trained, tm
                 script="src/predict.py")
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "Traceback" not in out, out
-    lines = {line.split(":", 1)[0]: line for line in out.splitlines() if line.startswith(("c", "notes"))}
+    printed = out.splitlines()
+    lines = {line.split(":", 1)[0]: (line, printed[i + 1]) for i, line in enumerate(printed)
+             if line.startswith(("c", "notes"))}
     names = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
     for name, (c, *_) in cases.items():
-        assert lines[name].split(": ", 1)[1].startswith(names[c] + " ("), lines[name]
-        assert "top-3:" in lines[name]
-    assert "notes.png: not a readable image" in lines["notes.png"]
+        line, beneath = lines[name]
+        assert line == f"{name}: {names[c]} ({line.rsplit('(', 1)[1]}", line  # the class and its probability only
+        assert beneath.startswith(f"    top-3: {names[c]} "), beneath
+    assert "notes.png: not a readable image" in lines["notes.png"][0]
     assert (tmp_path / "out" / "predictions.png").exists()
 
 

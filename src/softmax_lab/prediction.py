@@ -4,7 +4,7 @@ An image is made what the model was trained on: 28x28 grey, the object light on 
 (a light background is inverted), the object trimmed and scaled so its longer side fills the 28 pixels
 and centred, as Fashion-MNIST's images were made (Xiao et al., 2017). An image already 28x28 grey on a
 dark background is taken as it is. One line per file: the predicted class, its probability and the
-top-k; a file that cannot be read gets one line saying why, and the others are still predicted.
+top-k beneath it; a file that cannot be read gets one line saying why, and the others are still predicted.
 """
 
 from __future__ import annotations
@@ -96,10 +96,11 @@ def fit_to_square(grey: np.ndarray) -> np.ndarray:
     return np.asarray(canvas, dtype=np.float32) / 255
 
 
-def top_k_line(row, class_names: list[str], k: int) -> str:
+def prediction_lines(row, class_names: list[str], k: int) -> str:
+    """'sneaker (0.912)' and, indented beneath, the top-k: a line per file, its alternatives under it."""
     probs = np.array([row[f"p_{n.replace(' ', '_')}"] for n in class_names])
     order = probs.argsort()[::-1][:k]
-    return f"{row['class_name']} ({row['probability']:.3f})  top-{k}: " + ", ".join(
+    return f"{row['class_name']} ({row['probability']:.3f})\n    top-{k}: " + ", ".join(
         f"{class_names[i]} {probs[i]:.3f}" for i in order)
 
 
@@ -131,7 +132,7 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     X = np.stack(images).reshape(len(images), -1)
     rows = [row for _, row in model.predict(None, X).iterrows()]
     for name, row in zip(labels, rows):
-        print(f"{name}: {top_k_line(row, names, cfg.top_k)}", flush=True)
+        print(f"{name}: {prediction_lines(row, names, cfg.top_k)}", flush=True)
     titles = [f"{n[:14]}\n{row['class_name']} {row['probability']:.2f}" for n, row in zip(labels, rows)]
     grid = plots.image_grid(torch.from_numpy(np.stack(images)), titles, out / "predictions.png",
                             rows=-(-len(images) // 9), cols=min(9, len(images)), suptitle="What the model saw and said")
@@ -155,7 +156,7 @@ def predict_test_images(cfg, ckpt, model, spec: str, out: Path) -> dict[str, flo
     preds = torch.tensor(result["class_id"].to_numpy())
     names = model.class_names
     for i, (_, row) in enumerate(result.iterrows()):
-        print(f"test image {i} (true: {names[int(y[i])]}): {top_k_line(row, names, cfg.top_k)}", flush=True)
+        print(f"test image {i} (true: {names[int(y[i])]}): {prediction_lines(row, names, cfg.top_k)}", flush=True)
     grid = plots.predictions_grid(X, y, preds, names, out / "predictions.png", cols=min(9, len(X)))
     right = int((preds == y).sum())
     print(f"{right} of {len(X)} right; the grid (true / predicted, mistakes in red): {grid}", flush=True)
