@@ -88,7 +88,7 @@ def _steps(module, impl, X, y, backward=True):
     assert grads and all(g.device == META for g in grads)
     clip_(grads, 0.5, "norm")
     clip_(grads, 0.5, "value")
-    DivergenceGuard(META, advice=lambda first: "", deferred=True).check(value, 3)
+    DivergenceGuard(META, advice=lambda first: "", step_of=lambda: 3, deferred=True).check(value)
     if impl == "scratch":
         module.sgd.step([module.net.W, module.net.b], grads)
     for metrics in (module.val_metrics, module.test_metrics):

@@ -35,11 +35,15 @@ def likely_cause(optimizer: dict, loss: dict, before_any_step: bool) -> str:
 
 
 class DivergenceGuard:
-    """check(loss, step) at every SGD step; read() where the host may wait (deferred mode only)."""
+    """check(loss) at every SGD step; read() where the host may wait (deferred mode only).
 
-    def __init__(self, device: torch.device, advice, deferred: bool | None = None):
+    `step_of()` gives the SGD step about to be taken (1-based, the metrics' step axis); it is asked only
+    when needed (a divergence, or the deferred mode's note), not at every step."""
+
+    def __init__(self, device: torch.device, advice, step_of, deferred: bool | None = None):
         self.deferred = device.type != "cpu" if deferred is None else deferred
         self.advice = advice  # (before_any_step: bool) -> str
+        self.step_of = step_of
         self.epoch = 0
         self._noted = torch.tensor([-1.0, 0.0], device=device)  # (first bad step or -1, its loss)
         self._unread = 0
@@ -48,13 +52,15 @@ class DivergenceGuard:
         self.epoch = epoch
         self._noted.fill_(-1.0)
 
-    def check(self, loss: torch.Tensor, step: int) -> None:
-        """`loss` is the loss SGD step `step` (1-based, global: the metrics' step axis) is about to use."""
+    def check(self, loss: torch.Tensor) -> None:
+        """`loss` is the loss the coming SGD step is about to use."""
         if not self.deferred:
             value = loss.item()  # free on the CPU; cheaper than torch.isfinite
             if not math.isfinite(value):
+                step = self.step_of()
                 raise DivergenceError(value, self.epoch, step, self.advice(step == 1))
             return
+        step = self.step_of()
         first = (self._noted[0] < 0) & ~torch.isfinite(loss)  # noted without a host sync
         self._noted[0] = torch.where(first, float(step), self._noted[0])
         self._noted[1] = torch.where(first, loss.detach().float(), self._noted[1])

@@ -111,8 +111,7 @@ class SoftmaxRegressionModule(pl.LightningModule):
         self._window: list[torch.Tensor] = []  # automatic optimisation: losses since the last optimizer step
         self._epoch_clock = EpochClock()
         self._val_record: dict[str, float] = {}
-        self._logged_step = -1  # the global step train/loss_step last looked at
-        self._step_loss: torch.Tensor | None = None
+        self._step_loss: torch.Tensor | None = None  # automatic optimisation: the loss of the step Lightning takes
 
     # ----------------------------------------------------------------------------------------
     # The model
@@ -134,8 +133,8 @@ class SoftmaxRegressionModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         if self.trainer.world_size > 1 and not wrapped_by_ddp(self.trainer):
             broadcast_parameters(self.trainer, list(self.net.parameters()))  # replicas identical by construction
-        self.guard = DivergenceGuard(self.device, self._divergence_advice, deferred=self.divergence_deferred)
-        self._logged_step = self.global_step
+        self.guard = DivergenceGuard(self.device, self._divergence_advice, lambda: self.global_step + 1,
+                                     deferred=self.divergence_deferred)
 
     def on_train_start(self) -> None:
         if not self.automatic_optimization:
@@ -183,19 +182,19 @@ class SoftmaxRegressionModule(pl.LightningModule):
             wrapped = wrapped_by_ddp(self.trainer)  # DistributedDataParallel averaged the gradients already
             grads = [] if wrapped else [p.grad for p in self.net.parameters() if p.grad is not None]
             loss = average_loss_and_grads(self.trainer, loss, grads)
-        self.guard.check(loss, self.global_step + 1)
+        self.guard.check(loss)
         self._step_loss = loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self.automatic_optimization and self.global_step != self._logged_step:  # Lightning just stepped
+        if self._step_loss is not None:  # automatic optimisation: Lightning just took the step
             self.after_sgd_step(self._step_loss)
+            self._step_loss = None
         if batch_idx + 1 >= self.trainer.num_training_batches:  # the epoch's training work is done:
             self._epoch_clock.finish(self.device)  # its validation, checkpoints and logging stay off the clock
 
     def after_sgd_step(self, loss: torch.Tensor) -> None:
         """After every SGD step (global_step counts it): `train/loss_step` every trainer.log_every_n_steps."""
         step, every = self.global_step, self.trainer.log_every_n_steps
-        self._logged_step = step
         if every and step % every == 0 and self.loggers:  # 0: never, as Lightning's log_every_n_steps=0
             self.log_at_step({"train/loss_step": loss.item()})
 

@@ -10,8 +10,10 @@ in every mode (trainer_flags.py moves those flags here):
     (torch.nn.utils' norm or value rule) -> update -> trainer.global_step + 1
 
 A step goes through Lightning's optimizer (`opt.step()`, `manual_backward`), so its hooks and
-precision plugin run, except in the speed mode when no callback listens to those hooks: then it is
-taken bare and counted through lightning_adapter.py, which is what makes the speed mode fast.
+precision plugin run, except when no callback listens to those hooks: then it is taken bare and
+counted through lightning_adapter.py (Lightning's own counting, profiler included), which nobody
+can tell apart and which costs a fraction of the wrapper. precision=16-mixed, whose loss scaling
+needs the wrapper, is refused here (trainer_flags.py).
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ class HandSteps:
         self._window: list[torch.Tensor] = []  # the losses of the minibatches since the last step
 
     def start(self, trainer) -> None:
-        """At fit start: bare steps only in the speed mode and only when nothing listens to the step hooks."""
-        self.bare = self.module.hparams.batches_per_step > 1 and not step_hooks_in_use(trainer)
+        """At fit start: bare steps when no callback listens to Lightning's per-step hooks."""
+        self.bare = not step_hooks_in_use(trainer)
         if self.bare:
             lightning_adapter.check_supported(self.module.optimizers())
         self._window = []
@@ -74,7 +76,7 @@ class HandSteps:
         module = self.module
         grads = self.grads()
         window_loss = average_loss_and_grads(module.trainer, window_loss, grads)
-        module.guard.check(window_loss, module.global_step + 1)
+        module.guard.check(window_loss)
         if self.clip_val:
             self.clip(grads)
         self.update(grads)
