@@ -9,8 +9,9 @@ In one process, on the same in-memory batches (batch 256, the 55k training split
                   checkpoints, progress bar and MLflow logging (into a temporary store), in the default
                   mode (Lightning's own step semantics) and, as *_speed, in the speed mode
                   (data.batches_per_step=8)
-Each is reported as the median epoch after a warm-up epoch, and as a ratio to plain_autograd, which is
-measured before and after the others (the faster counts: this machine is shared and noisy). Then the
+Each is reported as the median epoch after a warm-up epoch, and as a ratio to plain_autograd. Every
+pipeline but the textbook's is measured three times, interleaved, and the fastest counts (this machine is shared
+and noisy: the same code's epoch varies by 10-25% between runs). Then the
 end-to-end wall time and peak memory of `python src/train.py` (10 epochs) and of the 8-job loss x impl sweep,
 each in a fresh process. Results: a table, and outputs/bench/epoch.json.
 """
@@ -163,14 +164,14 @@ def main() -> None:
     dm.load()
     X, y = dm.splits["train"]
     speed = [*overrides, "data.batches_per_step=8"]
-    first_plain = plain_autograd(X, y, epochs)
-    results = {"plain_analytic": plain_analytic(X, y, epochs),
-               "ours_nn": ours("nn", epochs, store, overrides),
-               "ours_scratch": ours("scratch", epochs, store, overrides),
-               "ours_nn_speed": ours("nn", epochs, store, speed),
-               "ours_scratch_speed": ours("scratch", epochs, store, speed)}
-    second_plain = plain_autograd(X, y, epochs)
-    results = {"plain_autograd": min(first_plain, second_plain, key=median_after_warmup), **results}
+    pipelines = {"plain_autograd": lambda: plain_autograd(X, y, epochs),
+                 "plain_analytic": lambda: plain_analytic(X, y, epochs),
+                 "ours_nn": lambda: ours("nn", epochs, store, overrides),
+                 "ours_scratch": lambda: ours("scratch", epochs, store, overrides),
+                 "ours_nn_speed": lambda: ours("nn", epochs, store, speed),
+                 "ours_scratch_speed": lambda: ours("scratch", epochs, store, speed)}
+    rounds = [{k: run() for k, run in pipelines.items()} for _ in range(1 if a.quick else 3)]
+    results = {k: min((r[k] for r in rounds), key=median_after_warmup) for k in pipelines}
     if not a.quick:
         root = raw_copy(tmp / "raw", a.data_dir)
         for w in (0, 2):

@@ -156,7 +156,7 @@ class SoftmaxRegressionModule(pl.LightningModule):
         total = self._minibatches_per_epoch()
         max_steps = self.trainer.max_steps
         for i, (X, y) in enumerate(minibatches):
-            if 0 <= max_steps <= self.global_step:  # the speed mode stops mid-group, in SGD steps
+            if max_steps >= 0 and self.global_step >= max_steps:  # the speed mode stops mid-group, in SGD steps
                 break
             loss, O = self.steps.minibatch(X, y, last_of_epoch=first + i + 1 >= total)
             self._record_train(loss, O, y)

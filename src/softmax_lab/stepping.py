@@ -57,8 +57,9 @@ class HandSteps:
     def start(self, trainer) -> None:
         """At fit start: bare steps when no callback listens to Lightning's per-step hooks."""
         self.bare = not step_hooks_in_use(trainer)
+        self.opt = self.module.optimizers()  # Lightning's wrapper of the optimizer, once: asked every step
         if self.bare:
-            lightning_adapter.check_supported(self.module.optimizers())
+            lightning_adapter.check_supported(self.opt)
         self._window = []
 
     def minibatch(self, X, y, last_of_epoch: bool):
@@ -127,11 +128,10 @@ class ScratchSteps(HandSteps):
         module = self.module
         module.sgd.step([module.net.W, module.net.b], grads)
         self._grads = None
-        opt = module.optimizers()
         if self.bare:
-            lightning_adapter.count_optimizer_step(opt)
+            lightning_adapter.count_optimizer_step(self.opt)
         else:
-            opt.step()  # Lightning's no-op optimizer: runs the step hooks and counts the step
+            self.opt.step()  # Lightning's no-op optimizer: runs the step hooks and counts the step
 
 
 class NNSteps(HandSteps):
@@ -151,11 +151,11 @@ class NNSteps(HandSteps):
         return [p.grad for p in self.module.net.parameters() if p.grad is not None]
 
     def clip(self, grads):
-        self.module.clip_gradients(self.module.optimizers(), gradient_clip_val=self.clip_val,
+        self.module.clip_gradients(self.opt, gradient_clip_val=self.clip_val,
                                    gradient_clip_algorithm=self.clip_algorithm)
 
     def update(self, grads):
-        opt = self.module.optimizers()
+        opt = self.opt
         if self.bare:
             opt.optimizer.step()
             opt.optimizer.zero_grad(set_to_none=True)
