@@ -1,1 +1,1 @@
-"""softmax-lab: softmax regression on Fashion-MNIST, two implementations, five losses, every run in MLflow."""
+"""softmax-lab: softmax regression on Fashion-MNIST, two implementations, six losses, every run in MLflow."""
