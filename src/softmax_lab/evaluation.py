@@ -16,7 +16,7 @@ from softmax_lab.losses import name_of
 from softmax_lab.module import SoftmaxRegressionModule
 from softmax_lab.signals import INTERRUPTS
 from softmax_lab.tracking import recorded_run, source_tags
-from softmax_lab.training import hydra_context, print_summary, scalars, write_pictures
+from softmax_lab.training import hydra_context, print_summary, record_pictures, scalars
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,6 @@ def _evaluate(cfg: DictConfig) -> dict[str, float]:
         trainer.callbacks.extend(tracker.callbacks())
         trainer.test(module, datamodule=datamodule, verbose=False)
         metrics = scalars(trainer.callback_metrics)
-        for p in write_pictures(module, datamodule, run_dir, name):
-            tracker.log_artifact(p, "tables" if p.suffix == ".csv" else "pictures")
+        record_pictures(module, datamodule, run_dir, name, tracker)
         print_summary(metrics, tracker, run_dir, "")
         return metrics

@@ -27,7 +27,7 @@ from softmax_lab.divergence import DivergenceGuard, likely_cause
 from softmax_lab.errors import ConfigError
 from softmax_lab.metrics import EvalMetrics
 from softmax_lab.models import ScratchSGD, ScratchSoftmaxRegression, make_nn_model
-from softmax_lab.stepping import NNSteps, ScratchSteps
+from softmax_lab.stepping import NNSteps, ScratchSteps, window_mean
 
 # Epoch values are reduced across DDP processes here (torchmetrics' sync, strategy.reduce of the train sums),
 # and impl=scratch has no torch optimizer (Lightning steps its no-op optimizer): both warnings are expected.
@@ -176,7 +176,7 @@ class SoftmaxRegressionModule(pl.LightningModule):
         """Automatic optimisation: average (DDP) and check the window's loss before Lightning's step."""
         if not self.automatic_optimization:
             return
-        loss = self._window[0] if len(self._window) == 1 else torch.stack(self._window).mean()
+        loss = window_mean(self._window)
         self._window = []
         if self.trainer.world_size > 1:
             wrapped = wrapped_by_ddp(self.trainer)  # DistributedDataParallel averaged the gradients already

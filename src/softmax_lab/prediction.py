@@ -17,8 +17,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from softmax_lab.checkpoints import read_checkpoint
+from softmax_lab.data import FashionMNISTDataModule
 from softmax_lab.errors import ConfigError, UserError
-from softmax_lab.mlflow_model import SoftmaxRegressionPyfunc
+from softmax_lab.mlflow_model import SoftmaxRegressionPyfunc, pyfunc_of
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 SIDE = 28
@@ -28,17 +29,20 @@ class ImageError(UserError):
     """One image file cannot be used; the others still are."""
 
 
-def model_from_checkpoint(ckpt: dict) -> SoftmaxRegressionPyfunc:
-    """The checkpoint's model with its data preparation: the same predictor the run logged to MLflow."""
-    sd, hp, dhp = ckpt["state_dict"], ckpt["hyper_parameters"], ckpt["datamodule_hyper_parameters"]
-    W, b = (sd["net.W"], sd["net.b"]) if hp["impl"] == "scratch" else (sd["net.1.weight"].T, sd["net.1.bias"])
-    stats = ckpt.get("FashionMNISTDataModule", {})  # the data module's state: the training split's statistics
-    if dhp.get("normalize") and "mean" not in stats:
+def model_from_checkpoint(path) -> tuple[SoftmaxRegressionPyfunc, FashionMNISTDataModule]:
+    """The checkpoint's model with its data preparation (the same predictor the run logged to MLflow), and the
+    data module it was trained with."""
+    from softmax_lab.module import SoftmaxRegressionModule
+
+    ckpt = read_checkpoint(path)
+    datamodule = FashionMNISTDataModule(**ckpt["datamodule_hyper_parameters"])
+    stats = ckpt.get(type(datamodule).__qualname__)  # the data module's state: the training split's statistics
+    if datamodule.normalize and not stats:
         raise ConfigError("this checkpoint normalises pixels but does not carry their statistics (it predates them). "
                           "Fix: train it again, or use a checkpoint trained with data.normalize=false.")
-    names = hp.get("class_names") or [str(i) for i in range(hp["num_classes"])]
-    return SoftmaxRegressionPyfunc(W.float().numpy(), b.float().numpy(), names, dhp.get("resize"),
-                                   stats.get("mean", 0.0), stats.get("std", 1.0))
+    datamodule.load_state_dict(stats or {})
+    module = SoftmaxRegressionModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    return pyfunc_of(module, datamodule), datamodule
 
 
 def image_files(spec: str) -> list[Path]:
@@ -111,15 +115,14 @@ def predict(cfg: DictConfig) -> dict[str, float]:
         if OmegaConf.is_missing(cfg, key) or not cfg[key]:
             raise ConfigError(f"{key} is required, e.g. `python src/predict.py ckpt_path=outputs/runs/<date>/<time>/"
                               "checkpoints/best-epoch07.ckpt images=shoe.png` (or images=test:18).")
-    ckpt = read_checkpoint(cfg.ckpt_path)
-    model = model_from_checkpoint(ckpt)
+    model, datamodule = model_from_checkpoint(cfg.ckpt_path)
     names = model.class_names
     if not (isinstance(cfg.top_k, int) and not isinstance(cfg.top_k, bool) and 1 <= cfg.top_k <= len(names)):
         raise ConfigError(f"top_k={cfg.top_k!r} is not allowed: expected an integer in 1..{len(names)} (e.g. top_k=3).")
     out = Path(cfg.paths.output_dir)
     spec = str(cfg.images)
     if spec.startswith("test:"):
-        return predict_test_images(cfg, ckpt, model, spec, out)
+        return predict_test_images(cfg, datamodule, model, spec, out)
     labels, images = [], []
     for path in image_files(spec):
         try:
@@ -140,18 +143,18 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     return {"predicted": float(len(images))}
 
 
-def predict_test_images(cfg, ckpt, model, spec: str, out: Path) -> dict[str, float]:
+def predict_test_images(cfg, datamodule, model, spec: str, out: Path) -> dict[str, float]:
     """images=test:N: the first N official test images in the textbook's grid, true and predicted labels."""
     from softmax_lab import plots
-    from softmax_lab.data import FashionMNISTDataModule
 
     try:
         n = int(spec.split(":", 1)[1])
         assert n >= 1
     except (ValueError, AssertionError):
         raise ConfigError(f"images={spec}: expected test:N with N >= 1, e.g. images=test:18.") from None
-    dhp = {**ckpt["datamodule_hyper_parameters"], **({"data_dir": cfg.data_dir} if cfg.data_dir else {})}
-    X, y = FashionMNISTDataModule(**dhp).raw_test_images(n)
+    if cfg.data_dir:
+        datamodule.data_dir = cfg.data_dir
+    X, y = datamodule.raw_test_images(n)
     result = model.predict(None, X.reshape(len(X), -1).numpy())
     preds = torch.tensor(result["class_id"].to_numpy())
     names = model.class_names

@@ -27,6 +27,11 @@ from softmax_lab.distributed import average_loss_and_grads
 STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_zero_grad", "on_before_optimizer_step")
 
 
+def window_mean(losses: list[torch.Tensor]) -> torch.Tensor:
+    """The loss of an accumulation window: its minibatches' mean (no stacking for the usual window of one)."""
+    return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+
+
 def step_hooks_in_use(trainer) -> bool:
     """Whether any callback overrides one of Lightning's per-optimizer-step hooks."""
     return any(getattr(type(cb), h, None) is not getattr(pl.Callback, h) for cb in trainer.callbacks
@@ -67,7 +72,7 @@ class HandSteps:
         loss, O = self.forward_backward(X, y, 1.0 / self.accumulate)
         self._window.append(loss.detach())
         if len(self._window) == self.accumulate or last_of_epoch:
-            window_loss = self._window[0] if len(self._window) == 1 else torch.stack(self._window).mean()
+            window_loss = window_mean(self._window)
             self._window = []
             self.step(window_loss)
             self.module.after_sgd_step(window_loss)

@@ -35,6 +35,7 @@ from softmax_lab.checkpoints import (
 )
 from softmax_lab.config import validate_config
 from softmax_lab.errors import WRITE_ERRNOS, ConfigError, RunInterrupted, StorageError
+from softmax_lab.losses import name_of
 from softmax_lab.signals import INTERRUPTS
 from softmax_lab.tracking import (
     SWEPT_KEYS_ENV,
@@ -65,8 +66,7 @@ def hydra_context() -> dict:
 
 def run_name(cfg: DictConfig, overrides: list[str]) -> str:
     """'loss=huber impl=scratch optimizer.lr=0.05': the loss and impl always, then what else was changed."""
-    loss = type(instantiate(cfg.loss)).name if "_target_" in cfg.loss else "?"
-    head = [f"loss={loss}", f"impl={cfg.model.impl}"]
+    head = [f"loss={name_of(cfg.loss._target_)}", f"impl={cfg.model.impl}"]
     rest = [o for o in overrides if not o.startswith(("loss=", "impl=", *_PLACE_KEYS))]
     swept = os.environ.get(SWEPT_KEYS_ENV)
     if swept is not None:
@@ -135,6 +135,12 @@ def run_dir_lock(run_dir: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def record_pictures(module, datamodule, run_dir: Path, title: str, tracker) -> None:
+    """Write the run's pictures and tables into its run dir and log them (pictures/, tables/)."""
+    for p in write_pictures(module, datamodule, run_dir, title):
+        tracker.log_artifact(p, "tables" if p.suffix == ".csv" else "pictures")
+
+
 def _train(cfg: DictConfig, stack: contextlib.ExitStack) -> dict[str, float]:
     validate_config(cfg)
     ctx = hydra_context()
@@ -174,7 +180,7 @@ def _train(cfg: DictConfig, stack: contextlib.ExitStack) -> dict[str, float]:
         stack.enter_context(run_dir_lock(run_dir))
 
     tags = {"overrides": " ".join(overrides) or "(defaults)", "run_dir": str(run_dir),
-            "loss": name.split()[0].removeprefix("loss="), "impl": cfg.model.impl,
+            "loss": name_of(cfg.loss._target_), "impl": cfg.model.impl,
             "data_dir": str(datamodule.located_dir), **source_tags("src/train.py")}
     if "job_num" in ctx:
         tags.update(sweep_dir=ctx["sweep_dir"], job_num=ctx["job_num"])
@@ -275,8 +281,7 @@ def fit_test_record(cfg, module, datamodule, tracker, trainer, name, overrides, 
               f"errors; as Lightning's fast_dev_run, nothing was recorded or checkpointed.", flush=True)
         return metrics
     if trainer.is_global_zero:
-        for p in write_pictures(module, datamodule, run_dir, name):
-            tracker.log_artifact(p, "tables" if p.suffix == ".csv" else "pictures")
+        record_pictures(module, datamodule, run_dir, name, tracker)
         tracker.log_model(module, datamodule, params)  # the best checkpoint's weights: test() loaded them
         if best:
             tracker.log_artifact(Path(best), "checkpoints")
