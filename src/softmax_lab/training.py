@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import signal
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -309,8 +310,8 @@ def run_description(name: str, metrics: dict[str, float], module, best: str, run
 
 def print_summary(metrics: dict[str, float], tracker, run_dir: Path, best: str) -> None:
     lines = [
-        "  ".join(f"{k} {metrics.get(k, float('nan')):.4f}" for k in ("test/acc", "test/loss", "val/acc_best",
-                                                                      "test/ece")),
+        "  ".join(f"{k} {metrics[k]:.4f}" for k in ("test/acc", "test/loss", "val/acc_best", "test/ece")
+                  if k in metrics),
         f"run: {tracker.describe()}",
         f"pictures and config: {run_dir}",
     ]
@@ -324,7 +325,9 @@ def print_summary(metrics: dict[str, float], tracker, run_dir: Path, best: str) 
 
 
 def configure_logging_quietly() -> None:
-    """Lightning's start-up banners (GPU available, TPU, tips) add nothing for this model."""
+    """Lightning's start-up banners (GPU available, TPU, tips) add nothing for this model, and torch's deprecation
+    of LeafSpec, raised inside Lightning's own code, is not the user's to act on."""
+    warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\).*")
     for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
                  "lightning_fabric.utilities.seed"):
         logging.getLogger(name).setLevel(logging.WARNING)
