@@ -1,4 +1,5 @@
-# softmax-lab: `make train`, `make test`, `make ui`, `make bench`, `make figures` (each installs first when needed).
+# softmax-lab: `make train`, `make test`, `make test-all`, `make ui`, `make bench`, `make figures` (each installs first
+# when needed).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -7,7 +8,7 @@ PORT   ?= 5000
 STORE  ?= sqlite:///$(CURDIR)/outputs/mlflow.db
 ARGS   ?=
 
-.PHONY: install train test ui bench figures lint clean constraints
+.PHONY: install train test test-all ui bench figures lint clean constraints
 
 install: $(STAMP)
 
@@ -16,27 +17,32 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
-	$(PY) -c "from softmax_lab.tracking import new_sqlite_store, store_template; import os; \
+	$(PY) -c "from softmax_lab.tracking.store import new_sqlite_store, store_template; import os; \
 		new_sqlite_store(store_template().with_name('probe.db')); os.remove(store_template().with_name('probe.db'))"
 	touch $(STAMP)
 
 train: install
 	$(PY) src/train.py $(ARGS)
 
+# The fast loop (units and in-process trainings on tiny data, one worker per core); test-all adds the command line,
+# sweeps, DDP, signals, servers and the browser, and prints line coverage of src/ (what CI runs).
 test: install
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -m "not slow" -n auto $(ARGS)
+
+test-all: install
+	$(PY) -m pytest -q --cov --cov-report=term $(ARGS)
 
 # The MLflow UI for the project's store (or STORE=...), on loopback only: prints the links that open the
 # runs table, then serves the store with one worker (starts in seconds).
 ui: install
-	@$(PY) -m softmax_lab.ui --store "$(STORE)" --host 127.0.0.1 --port $(PORT)
+	@$(PY) -m softmax_lab.tracking.ui --store "$(STORE)" --host 127.0.0.1 --port $(PORT)
 
 bench: install
 	$(PY) benchmarks/bench.py $(ARGS)
 
-# The loss zoo (docs/loss_zoo.png): each loss, its likelihood and gradient, from src/softmax_lab/losses.py.
+# The loss zoo (docs/loss_zoo.png): each loss, its likelihood and gradient, from src/softmax_lab/maths/losses.py.
 figures: install
-	$(PY) -m softmax_lab.figures $(ARGS)
+	$(PY) -m softmax_lab.pictures.loss_zoo $(ARGS)
 
 lint: install
 	$(PY) -m ruff check src tests benchmarks

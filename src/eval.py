@@ -3,19 +3,20 @@
 import hydra
 
 from softmax_lab.config import register_resolvers
-from softmax_lab.training import configure_logging_quietly
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg) -> float:
-    from softmax_lab.cli import run_job
-    from softmax_lab.evaluation import evaluate
+    from softmax_lab.jobs.eval_job import evaluate
+    from softmax_lab.jobs.outcome import run_job
 
     return run_job(evaluate, cfg, objective="test/acc")
 
 
 if __name__ == "__main__":
-    configure_logging_quietly()
+    from softmax_lab.console import quiet_console
+
+    quiet_console()
     main()

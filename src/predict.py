@@ -3,19 +3,20 @@
 import hydra
 
 from softmax_lab.config import register_resolvers
-from softmax_lab.training import configure_logging_quietly
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg) -> float:
-    from softmax_lab.cli import run_job
-    from softmax_lab.prediction import predict
+    from softmax_lab.jobs.outcome import run_job
+    from softmax_lab.jobs.predict_job import predict
 
     return run_job(predict, cfg, objective="predicted")
 
 
 if __name__ == "__main__":
-    configure_logging_quietly()
+    from softmax_lab.console import quiet_console
+
+    quiet_console()
     main()

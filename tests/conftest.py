@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny IDX files the tests write, the real data set, composed configs."""
+"""Shared by every test file: tiny IDX files the tests write, the real data set, composed configs, the CLI as a
+user runs it, and reading what a run left (its MLflow store, its checkpoints)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import gzip
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +14,16 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))  # src/train.py's helpers, if the package is not installed
+sys.path.insert(0, str(ROOT / "src"))  # the package, if it is not installed
 
 from softmax_lab.config import compose  # noqa: E402,F401 (tests import it from here)
-from softmax_lab.data import FILES, SYSTEM_DIR  # noqa: E402
+from softmax_lab.data.idx import FILES  # noqa: E402
+from softmax_lab.data.locate import SYSTEM_DIR  # noqa: E402
 
-warnings.filterwarnings("ignore", ".*LeafSpec.*")
 torch.set_num_threads(1)  # tiny tensors: threads cost more than they give
+
+# What a test run needs no sight of: no progress bar, the CPU whatever the machine has
+QUIET = ["trainer.enable_progress_bar=false", "~callbacks.progress_bar", "trainer.accelerator=cpu"]
 
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:
@@ -77,15 +80,18 @@ def real_data() -> Path:
     return SYSTEM_DIR
 
 
+def tiny_overrides(tiny_data: Path, *extra: str) -> list[str]:
+    """The tiny data (500 training images after the 100 held out), two quick epochs, nothing on screen."""
+    return [f"data.data_dir={tiny_data}", "data.val_size=100", "trainer.max_epochs=2", *QUIET, *extra]
+
+
 @pytest.fixture
 def make_cfg(tmp_path, tiny_data, monkeypatch):
     """compose() on the tiny data, two quick epochs, MLflow into tmp_path/mlflow.db (via $MLFLOW_TRACKING_URI)."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
 
     def make(*overrides, data=None):
-        base = [f"data.data_dir={data or tiny_data}", "data.val_size=100", "trainer.max_epochs=2",
-                "trainer.enable_progress_bar=false", "~callbacks.progress_bar", "trainer.accelerator=cpu"]
-        return compose(base + list(overrides), tmp_path / "run")
+        return compose(tiny_overrides(data or tiny_data, *overrides), tmp_path / "run")
 
     return make
 
@@ -93,7 +99,7 @@ def make_cfg(tmp_path, tiny_data, monkeypatch):
 def run_cli(args: list[str], env: dict | None = None, timeout: int = 300, script: str = "src/train.py",
             **kwargs) -> subprocess.CompletedProcess:
     """`python src/train.py ARGS` as a user runs it, from the project root."""
-    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    full_env = {**os.environ, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([sys.executable, script, *args], cwd=ROOT, env=full_env, capture_output=True,
                           text=True, timeout=timeout, **kwargs)
@@ -105,3 +111,29 @@ def mlflow_runs(uri: str):
     client = MlflowClient(uri)
     exps = [e.experiment_id for e in client.search_experiments()]
     return client, (client.search_runs(exps, max_results=1000) if exps else [])
+
+
+def store_of(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def last_ckpt(cfg) -> dict:
+    return torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def weights(cfg) -> torch.Tensor:
+    """W as (inputs, classes) from the run's last.ckpt, whichever implementation trained it."""
+    from softmax_lab.maths.softmax_regression import linear_weights
+
+    ckpt = last_ckpt(cfg)
+    return linear_weights(ckpt["state_dict"], ckpt["hyper_parameters"]["impl"])[0]
+
+
+def fit_only(cfg):
+    """What train(cfg) fits, without its records (no MLflow, pictures or test pass): the run build_run makes,
+    fitted. For tests of what the Trainer and the module do; the recording is train()'s own tests' subject."""
+    from softmax_lab.jobs.train_job import build_run
+
+    run = build_run(cfg)
+    run.trainer.fit(run.module, datamodule=run.datamodule, weights_only=True)
+    return run

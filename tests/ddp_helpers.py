@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from softmax_lab.callbacks import SaveInitialCheckpoint
+from softmax_lab.trainer.callbacks import SaveInitialCheckpoint
 
 
 class LateRankOneInitialCheckpoint(SaveInitialCheckpoint):

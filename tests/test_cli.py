@@ -11,12 +11,9 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, mlflow_runs, run_cli
+from conftest import QUIET, ROOT, mlflow_runs, run_cli, store_of
 
 pytestmark = pytest.mark.slow
-
-QUIET = ["trainer.enable_progress_bar=false", "~callbacks.progress_bar", "trainer.accelerator=cpu"]
-
 
 def tiny(tiny_data, tmp_path, *extra):
     return [f"data.data_dir={tiny_data}", "data.val_size=100", f"hydra.run.dir={tmp_path / 'run'}", *QUIET, *extra]
@@ -28,7 +25,7 @@ def no_runs(tmp_path) -> bool:
 
 
 def store_env(tmp_path):
-    return {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    return {"MLFLOW_TRACKING_URI": store_of(tmp_path)}
 
 
 @pytest.mark.parametrize("override, key", [  # representatives: every rule is tested in-process in test_config.py
@@ -103,8 +100,8 @@ def test_divergence_stops_and_is_recorded_failed(tiny_data, tmp_path):
 
 
 def test_a_bug_still_raises_while_a_mistake_only_says_why(monkeypatch, caplog):
-    from softmax_lab import cli
     from softmax_lab.errors import ConfigError
+    from softmax_lab.jobs import outcome
 
     def mistake(cfg):
         raise ConfigError("data.batch_size=0 is not allowed")
@@ -113,23 +110,23 @@ def test_a_bug_still_raises_while_a_mistake_only_says_why(monkeypatch, caplog):
         raise ZeroDivisionError("a bug")
 
     with pytest.raises(SystemExit) as e:
-        cli.run_job(mistake, None)
+        outcome.run_job(mistake, None)
     assert e.value.code == 1 and "data.batch_size=0 is not allowed" in caplog.text
     with pytest.raises(ZeroDivisionError):
-        cli.run_job(bug, None)
+        outcome.run_job(bug, None)
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     with pytest.raises(ConfigError):  # HYDRA_FULL_ERROR=1 shows everything
-        cli.run_job(mistake, None)
+        outcome.run_job(mistake, None)
     monkeypatch.delenv("HYDRA_FULL_ERROR")
-    monkeypatch.setattr(cli, "in_multirun", lambda: True)  # in a sweep both give NaN and the sweep goes on
-    assert cli.run_job(mistake, None) != cli.run_job(mistake, None)
-    assert cli.run_job(bug, None) != cli.run_job(bug, None)
+    monkeypatch.setattr(outcome, "in_multirun", lambda: True)  # in a sweep both give NaN and the sweep goes on
+    assert outcome.run_job(mistake, None) != outcome.run_job(mistake, None)
+    assert outcome.run_job(bug, None) != outcome.run_job(bug, None)
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "other impl"])
 def test_bad_checkpoints_to_resume_from_are_refused_before_any_run(tiny_data, tmp_path, case):
     from conftest import compose
-    from softmax_lab.training import train
+    from softmax_lab.jobs.train_job import train
 
     ckpt = tmp_path / "x.ckpt"
     if case == "corrupt":
@@ -233,8 +230,8 @@ def test_interrupt_then_resume_continues_the_run_exactly(tiny_data, tmp_path, st
 
 
 def test_make_ui_binds_loopback_only_and_prints_the_runs_link(tmp_path, monkeypatch, capsys):
-    from softmax_lab import ui
-    from softmax_lab.tracking import connect
+    from softmax_lab.tracking import ui
+    from softmax_lab.tracking.store import connect
 
     out = subprocess.run(["make", "-n", "ui"], cwd=ROOT, capture_output=True, text=True).stdout
     assert "--host 127.0.0.1" in out and "0.0.0.0" not in out

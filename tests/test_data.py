@@ -9,8 +9,12 @@ import pytest
 import torch
 
 from conftest import idx_bytes, tiny_split, write_dataset, write_idx
-from softmax_lab import data as data_mod
-from softmax_lab.data import FashionMNISTDataModule, TensorBatches, locate_fashion_mnist, read_idx, read_split
+from softmax_lab.data import locate as locate_mod
+from softmax_lab.data.batches import TensorBatches
+from softmax_lab.data.datamodule import FashionMNISTDataModule
+from softmax_lab.data.idx import read_idx, read_split
+from softmax_lab.data.locate import locate_fashion_mnist
+from softmax_lab.data.splits import load_fashion_mnist
 from softmax_lab.errors import DataError
 
 # ------------------------------------------------------------------------------------------------
@@ -82,7 +86,7 @@ def test_data_dir_in_either_layout_and_compression(tmp_path, gz, layout):
     paths = locate_fashion_mnist(tmp_path)
     assert set(paths) == {"train_images", "train_labels", "test_images", "test_labels"}
     assert all(p.name.endswith(".gz") == gz for p in paths.values())
-    (Xtr, ytr), (Xte, yte) = data_mod.load_fashion_mnist(tmp_path)
+    (Xtr, ytr), (Xte, yte) = load_fashion_mnist(tmp_path)
     assert Xtr.shape == (50, 28, 28) and yte.dtype == torch.int64
 
 
@@ -103,7 +107,7 @@ def test_incomplete_directory_lists_the_missing_files(tmp_path):
 
 def test_unset_data_dir_searches_dot_data_then_system_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(data_mod, "SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setattr(locate_mod, "SYSTEM_DIR", tmp_path / "system")
     with pytest.raises(DataError) as e:
         locate_fashion_mnist()
     msg = str(e.value)
@@ -261,7 +265,7 @@ def test_batches_live_on_the_training_device(tiny_data):
 
 @pytest.mark.real_data
 def test_real_files_have_the_official_shape(real_data):
-    (Xtr, ytr), (Xte, yte) = data_mod.load_fashion_mnist(real_data)
+    (Xtr, ytr), (Xte, yte) = load_fashion_mnist(real_data)
     assert Xtr.shape == (60000, 28, 28) and Xte.shape == (10000, 28, 28)
     assert torch.bincount(ytr).tolist() == [6000] * 10 and torch.bincount(yte).tolist() == [1000] * 10
     assert Xtr.min() == 0 and Xtr.max() == 255

@@ -20,7 +20,7 @@ def test_ddp_cpu_keeps_replicas_identical_and_logs_once(tiny_data, tmp_path, imp
                  "trainer.max_epochs=3", "optimizer.momentum=0.9", "trainer.enable_progress_bar=false",
                  "~callbacks.progress_bar",
                  "callbacks.initial_checkpoint._target_=ddp_helpers.LateRankOneInitialCheckpoint",
-                 "+callbacks.replicas._target_=softmax_lab.callbacks.ReplicaCheck",
+                 "+callbacks.replicas._target_=softmax_lab.trainer.callbacks.ReplicaCheck",
                  f"+callbacks.replicas.path={check}", f"hydra.run.dir={tmp_path / 'run'}"], env=env, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     world, diff = check.read_text().split()

@@ -15,8 +15,8 @@ import pytest
 
 from conftest import ROOT, mlflow_runs
 from softmax_lab.errors import RunInterrupted, StorageError, TrackingError
+from softmax_lab.jobs.train_job import train
 from softmax_lab.signals import INTERRUPTS, protected
-from softmax_lab.training import train
 
 # ---------------------------------------------------------------------------------------------
 # Signals
@@ -32,17 +32,15 @@ def test_a_signal_waits_for_a_protected_write_then_ends_the_run():
         assert finished_the_write and e.value.exit_code == 143
 
 
-@pytest.mark.parametrize("phase", ["softmax_lab.plots.learning_curves", "softmax_lab.tracking.MlflowTracker.log_model"])
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", ["softmax_lab.pictures.charts.learning_curves",
+                                   "softmax_lab.tracking.run.MlflowTracker.log_model"])
 def test_a_signal_after_training_ends_the_run_at_once_recorded_killed(make_cfg, tmp_path, monkeypatch, phase):
-    module, name = phase.rsplit(".", 1)
-    target = __import__("importlib").import_module(module.rsplit(".", 1)[0] if name == "log_model" else module)
-    owner = target.MlflowTracker if name == "log_model" else target
-
     def slow(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(30)  # the signal must cut this short
 
-    monkeypatch.setattr(owner, name, slow)
+    monkeypatch.setattr(phase, slow)
     t0 = time.perf_counter()
     with pytest.raises(RunInterrupted) as e:
         train(make_cfg("trainer.max_epochs=1"))
@@ -78,8 +76,9 @@ def test_another_applications_sqlite_file_is_refused_untouched(make_cfg, tmp_pat
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
 
 
+@pytest.mark.slow
 def test_many_processes_starting_on_one_fresh_store_all_connect(tmp_path):
-    code = ("import sys; sys.path.insert(0, 'src'); from softmax_lab.tracking import connect; "
+    code = ("import sys; sys.path.insert(0, 'src'); from softmax_lab.tracking.store import connect; "
             f"print(connect('sqlite:///{tmp_path / 'fresh.db'}', 'fashion-mnist-softmax')[1])")
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(4)]
@@ -89,12 +88,12 @@ def test_many_processes_starting_on_one_fresh_store_all_connect(tmp_path):
 
 
 def test_the_final_status_is_written_first_whatever_fails_after_it(make_cfg, tmp_path, monkeypatch):
-    from softmax_lab import tracking
+    from softmax_lab.tracking.logger import BufferedMlflowLogger
 
     def full_disk(self):
         raise TrackingError("the MLflow store refused a write (database or disk is full)")
 
-    monkeypatch.setattr(tracking.BufferedMlflowLogger, "flush", full_disk)
+    monkeypatch.setattr(BufferedMlflowLogger, "flush", full_disk)
     with pytest.raises(TrackingError):
         train(make_cfg("trainer.max_epochs=1"))
     _, runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -102,7 +101,7 @@ def test_the_final_status_is_written_first_whatever_fails_after_it(make_cfg, tmp
 
 
 def test_a_full_disk_under_the_run_dir_is_one_clear_error_and_a_failed_run(make_cfg, tmp_path, monkeypatch):
-    from softmax_lab.checkpoints import AtomicCheckpointIO
+    from softmax_lab.trainer.checkpoint_io import AtomicCheckpointIO
 
     def no_space(self, checkpoint, path, storage_options=None):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -115,7 +114,7 @@ def test_a_full_disk_under_the_run_dir_is_one_clear_error_and_a_failed_run(make_
 
 
 def test_checkpoints_are_written_whole_or_not_at_all(tmp_path):
-    from softmax_lab.checkpoints import AtomicCheckpointIO
+    from softmax_lab.trainer.checkpoint_io import AtomicCheckpointIO
 
     path = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"epoch": 1}, path)
@@ -158,6 +157,7 @@ def test_divergence_advice_names_the_likely_cause(make_cfg, tmp_path, overrides,
 # Two processes at once
 
 
+@pytest.mark.slow
 def test_a_run_dir_another_process_is_writing_is_refused(make_cfg, tmp_path):
     from softmax_lab.errors import ConfigError
 

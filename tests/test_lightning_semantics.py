@@ -11,21 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import mlflow_runs
+from conftest import fit_only, last_ckpt, mlflow_runs, weights
 from softmax_lab.errors import ConfigError
-from softmax_lab.training import train
+from softmax_lab.jobs.train_job import train
 
 B50 = ["data.batch_size=50"]
 SPEED = ["data.batches_per_step=3"]
-
-
-def last_ckpt(cfg) -> dict:
-    return torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
-
-
-def weights(cfg) -> torch.Tensor:
-    sd = last_ckpt(cfg)["state_dict"]
-    return sd["net.W"] if "net.W" in sd else sd["net.1.weight"].T
 
 
 @pytest.mark.parametrize("mode", [[], SPEED], ids=["default", "speed"])
@@ -39,7 +30,7 @@ def weights(cfg) -> torch.Tensor:
 ])
 def test_flags_that_count_batches_count_sgd_steps(make_cfg, impl, mode, flags, steps):
     cfg = make_cfg(f"impl={impl}", "logger=none", *B50, *mode, *flags)
-    train(cfg)
+    assert fit_only(cfg).trainer.global_step == steps
     assert last_ckpt(cfg)["global_step"] == steps
 
 
@@ -53,8 +44,9 @@ def test_both_impls_in_both_modes_train_the_same_model(make_cfg, recipe):
               "optimizer.weight_decay=1e-3", "loss=huber", *recipe]
     runs = {(impl, bps): make_cfg(f"impl={impl}", f"data.batches_per_step={bps}", *common)
             for impl in ("nn", "scratch") for bps in (1, 3)}
-    for cfg in runs.values():
-        train(cfg)
+    for (impl, bps), cfg in runs.items():
+        cfg.paths.output_dir += f"-{impl}-{bps}"
+        fit_only(cfg)
     reference = weights(runs["nn", 1])  # Lightning's own automatic optimisation
     assert reference.dtype == torch.float64
     for key, cfg in runs.items():
@@ -74,8 +66,8 @@ def test_fast_dev_run_records_nothing_and_writes_no_checkpoint(make_cfg, tmp_pat
 @pytest.mark.parametrize("mode", [[], SPEED], ids=["default", "speed"])
 def test_fast_dev_run_takes_its_batches_in_sgd_steps(make_cfg, mode):
     Recorder.steps, Recorder.batches = [], {}
-    train(make_cfg("logger=none", *B50, *mode, "+trainer.fast_dev_run=2",
-                   f"+callbacks.recorder._target_={__name__}.Recorder"))
+    fit_only(make_cfg("logger=none", *B50, *mode, "+trainer.fast_dev_run=2",
+                      f"+callbacks.recorder._target_={__name__}.Recorder"))
     assert Recorder.steps == [2]
 
 
@@ -97,7 +89,7 @@ def test_overfit_batches_trains_on_the_same_first_batches_every_epoch(make_cfg):
     Recorder.batches = {}
     cfg = make_cfg("logger=none", *B50, "+trainer.overfit_batches=2", "trainer.max_epochs=3",
                    f"+callbacks.recorder._target_={__name__}.Recorder")
-    train(cfg)
+    fit_only(cfg)
     assert len(Recorder.batches) == 3 and Recorder.batches[0] == Recorder.batches[1] == Recorder.batches[2]
     assert len(Recorder.batches[0]) == 2  # two minibatches, in the split's own order (no shuffle)
 
@@ -118,7 +110,7 @@ def test_early_stopping_stops_as_lightning_documents(make_cfg):
     cfg = make_cfg("logger=none", *B50, "trainer.max_epochs=6",
                    f"{es}._target_=pytorch_lightning.callbacks.EarlyStopping", f"{es}.monitor=val/acc",
                    f"{es}.mode=max", f"{es}.patience=1", f"{es}.min_delta=1.0")
-    train(cfg)
+    fit_only(cfg)
     assert last_ckpt(cfg)["global_step"] == 20  # epoch 1 sets the best, epoch 2 fails to beat it by 1.0: stop
 
 
@@ -165,18 +157,18 @@ def test_flags_that_cannot_be_honoured_are_refused_before_any_run(make_cfg, tmp_
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_global_step_counts_sgd_steps_with_or_without_step_hooks(make_cfg):
-    # the speed mode takes bare steps unless a callback listens to the step hooks; both count every SGD step
+def test_a_callback_sees_every_sgd_step_of_the_speed_mode(make_cfg):
+    # every SGD step goes through Lightning's optimizer step: a callback's per-step hook runs once per SGD step
     common = ["logger=none", *B50, *SPEED]
-    results = {}
     for impl in ("scratch", "nn"):
-        bare = make_cfg(f"impl={impl}", *common)
+        plain = make_cfg(f"impl={impl}", *common)
         hooked = make_cfg(f"impl={impl}", *common, f"+callbacks.count._target_={__name__}.CountOptimizerSteps")
+        hooked.paths.output_dir += "-hooked"
         CountOptimizerSteps.calls = 0
-        results[impl] = train(bare), train(hooked)
+        runs = fit_only(plain).trainer, fit_only(hooked).trainer
         assert CountOptimizerSteps.calls == 2 * 10  # once per SGD step, not per Lightning step
-        assert last_ckpt(bare)["global_step"] == last_ckpt(hooked)["global_step"] == 20
-        assert results[impl][0]["train/loss"] == results[impl][1]["train/loss"]
+        assert runs[0].global_step == runs[1].global_step == 20
+        assert runs[0].callback_metrics["train/loss"] == runs[1].callback_metrics["train/loss"]
 
 
 class CountOptimizerSteps(__import__("pytorch_lightning").Callback):

@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from conftest import ROOT
-from softmax_lab.training import train
+from softmax_lab.jobs.train_job import train
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import mlflow_runs
-from softmax_lab.checkpoints import CheckpointError
-from softmax_lab.training import train
+from softmax_lab.jobs.train_job import train
+from softmax_lab.trainer.checkpoints import CheckpointError
 
 
 def last(cfg) -> Path:
@@ -66,6 +66,18 @@ def test_a_run_interrupted_after_training_is_finished_by_its_resume(make_cfg, tm
     assert len(client.get_metric_history(runs[0].info.run_id, "test/acc")) == 1  # not logged twice
 
 
+@pytest.fixture(scope="module")
+def one_epoch(tiny_data, tmp_path_factory):
+    """A finished one-epoch run: its config's overrides, its last.ckpt, its store."""
+    from conftest import compose, tiny_overrides
+
+    tmp = tmp_path_factory.mktemp("one-epoch")
+    store = f"sqlite:///{tmp / 'mlflow.db'}"
+    cfg = compose(tiny_overrides(tiny_data, "trainer.max_epochs=1", f"logger.tracking_uri={store}"), tmp / "run")
+    train(cfg)
+    return last(cfg), store
+
+
 @pytest.mark.parametrize("change, says", [
     ("optimizer=adam", "was trained with optimizer=SGD"),
     ("optimizer.lr=0.05", "optimizer.lr=0.3"),
@@ -73,10 +85,8 @@ def test_a_run_interrupted_after_training_is_finished_by_its_resume(make_cfg, tm
     ("data.batch_size=64", "was trained with data.batch_size=256"),
     ("seed=7", "data.shuffle_seed=42"),
 ])
-def test_resuming_into_something_else_is_refused_before_any_run(make_cfg, tmp_path, change, says):
-    cfg = make_cfg("trainer.max_epochs=1")
-    train(cfg)
+def test_resuming_into_something_else_is_refused_before_any_run(make_cfg, tmp_path, one_epoch, change, says):
+    ckpt, store = one_epoch
     with pytest.raises(CheckpointError, match=says):
-        train(make_cfg("trainer.max_epochs=3", change, f"ckpt_path={last(cfg)}"))
-    _, runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert len(runs) == 1
+        train(make_cfg("trainer.max_epochs=3", change, f"ckpt_path={ckpt}"))
+    assert not (tmp_path / "mlflow.db").exists() and len(mlflow_runs(store)[1]) == 1

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import mlflow_runs, run_cli
-from softmax_lab.metrics import EvalMetrics, confidence_bin
-from softmax_lab.training import train
+from conftest import fit_only, mlflow_runs, run_cli, weights
+from softmax_lab.jobs.train_job import train
+from softmax_lab.maths.metrics import EvalMetrics, confidence_bin
 
 # ---------------------------------------------------------------------------------------------
 # Calibration
@@ -26,14 +26,14 @@ def test_calibration_on_a_hand_computed_example():
     m = EvalMetrics(3)
     m.update(O, y, torch.tensor(0.0))
     r = m.compute()
-    assert r["acc"].item() == 0.5
-    assert r["nll"].item() == pytest.approx(-(math.log(0.7) + math.log(0.3)) / 2)
+    assert r["acc"] == 0.5
+    assert r["nll"] == pytest.approx(-(math.log(0.7) + math.log(0.3)) / 2)
     # bins: 0.7 in (10/15, 11/15] with accuracy 1, 0.5 in (7/15, 8/15] with accuracy 0
-    assert r["ece"].item() == pytest.approx((abs(1 - 0.7) + abs(0 - 0.5)) / 2)
+    assert r["ece"] == pytest.approx((abs(1 - 0.7) + abs(0 - 0.5)) / 2)
     brier = ((0.7 - 1) ** 2 + 0.2**2 + 0.1**2 + (0.3 - 1) ** 2 + 0.5**2 + 0.2**2) / 2
-    assert r["brier"].item() == pytest.approx(brier)
+    assert r["brier"] == pytest.approx(brier)
     entropy = -sum(p * math.log(p) for p in (0.7, 0.2, 0.1, 0.3, 0.5, 0.2)) / 2
-    assert r["entropy"].item() == pytest.approx(entropy)
+    assert r["entropy"] == pytest.approx(entropy)
     assert confidence_bin(torch.tensor([0.05, 0.07, 0.999, 1.0])).tolist() == [0, 1, 14, 14]
 
 
@@ -51,11 +51,13 @@ def test_calibration_agrees_with_independent_computations():
     O, y = torch.cat(Os), torch.cat(ys)
     r = m.compute()
     P = O.softmax(1)
-    assert r["ece"].item() == pytest.approx(MulticlassCalibrationError(10, n_bins=15)(P, y).item(), abs=1e-6)
-    assert r["nll"].item() == pytest.approx(F.cross_entropy(O, y).item(), rel=1e-6)
-    assert r["acc"].item() == pytest.approx(MulticlassAccuracy(10, average="micro")(O, y).item())
-    assert r["brier"].item() == pytest.approx(((P - F.one_hot(y, 10)) ** 2).sum(1).mean().item(), rel=1e-6)
-    assert r["confusion"].sum().item() == 1200 and r["confusion"].diag().sum().item() == int(r["acc"] * 1200)
+    assert r["ece"] == pytest.approx(MulticlassCalibrationError(10, n_bins=15)(P, y).item(), abs=1e-6)
+    assert r["nll"] == pytest.approx(F.cross_entropy(O, y).item(), rel=1e-6)
+    assert r["acc"] == pytest.approx(MulticlassAccuracy(10, average="micro")(O, y).item())
+    assert r["brier"] == pytest.approx(((P - F.one_hot(y, 10)) ** 2).sum(1).mean().item(), rel=1e-6)
+    assert r["confusion"].sum().item() == 1200 and r["confusion"].diag().sum().item() == round(r["acc"] * 1200)
+    per_class = r["confusion"].diag() / r["confusion"].sum(1)
+    assert r["per_class_acc"] == pytest.approx(per_class.tolist())
 
 
 def test_every_run_measures_calibration_and_draws_its_reliability(make_cfg, tmp_path):
@@ -73,9 +75,12 @@ def test_every_run_measures_calibration_and_draws_its_reliability(make_cfg, tmp_
 
 def test_bce_trains_the_same_model_in_both_impls(make_cfg):
     common = ["loss=bce", "logger=none", "+trainer.precision=64-true", "optimizer.momentum=0.5"]
-    s = train(make_cfg("impl=scratch", *common))
-    n = train(make_cfg("impl=nn", *common))
-    assert s["test/acc"] == n["test/acc"] > 0.5 and s["train/loss"] == pytest.approx(n["train/loss"], rel=1e-12)
+    cfgs = {impl: make_cfg(f"impl={impl}", *common) for impl in ("scratch", "nn")}
+    cfgs["scratch"].paths.output_dir += "-scratch"
+    s, n = (fit_only(cfg).trainer.callback_metrics for cfg in cfgs.values())
+    assert s["val/acc"] == n["val/acc"] > 0.5
+    assert float(s["train/loss"]) == pytest.approx(float(n["train/loss"]), rel=1e-12)
+    torch.testing.assert_close(weights(cfgs["scratch"]), weights(cfgs["nn"]), rtol=1e-12, atol=1e-15)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +88,7 @@ def test_bce_trains_the_same_model_in_both_impls(make_cfg):
 
 
 def test_the_loss_zoo_is_drawn_from_the_losses_the_model_trains_with(tmp_path):
-    from softmax_lab.figures import loss_zoo, one_logit_curves
+    from softmax_lab.pictures.loss_zoo import loss_zoo, one_logit_curves
 
     t = torch.linspace(-3, 3, 7, dtype=torch.float64)
     loss, gradient = one_logit_curves("huber", 0, t)
@@ -120,8 +125,9 @@ def band_image(c: int, size: tuple[int, int] = (28, 28), light_background=False)
     return 255 - arr if light_background else arr
 
 
+@pytest.mark.slow
 def test_predict_names_the_class_of_image_files_of_any_size_and_mode(trained, tmp_path):
-    from softmax_lab.prediction import load_image
+    from softmax_lab.data.image_files import load_image
 
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -148,12 +154,12 @@ def test_predict_names_the_class_of_image_files_of_any_size_and_mode(trained, tm
     assert (tmp_path / "out" / "predictions.png").exists()
 
 
-def test_predict_resizes_a_large_photo_like_image(trained):
-    from softmax_lab.prediction import load_image
+def test_predict_resizes_a_large_photo_like_image(tmp_path):
+    from softmax_lab.data.image_files import load_image
 
     big = np.full((300, 200), 255, np.uint8)  # a dark object on white paper, off-centre
     big[40:120, 20:180] = 30
-    path = Path(trained).parent / "photo.jpg"
+    path = tmp_path / "photo.jpg"
     Image.fromarray(big).convert("RGB").save(path)
     x = load_image(path)
     assert x.shape == (28, 28) and x.max() > 0.7 and x[0].max() < 0.05  # inverted, trimmed, centred on black
@@ -161,6 +167,7 @@ def test_predict_resizes_a_large_photo_like_image(trained):
     assert 28 * 0.25 <= len(rows) <= 28 * 0.6  # an 80 x 160 object fills the width, half the height
 
 
+@pytest.mark.slow
 def test_predict_test_images_draws_the_textbook_grid(trained, tmp_path, tiny_data):
     r = run_cli([f"ckpt_path={trained}", "images=test:12", f"data_dir={tiny_data}", f"hydra.run.dir={tmp_path}"],
                 script="src/predict.py")
@@ -177,7 +184,7 @@ def test_predict_test_images_draws_the_textbook_grid(trained, tmp_path, tiny_dat
 def test_predict_refuses_bad_input_with_one_message(trained, tmp_path, args, says):
     from conftest import compose
     from softmax_lab.errors import UserError
-    from softmax_lab.prediction import predict
+    from softmax_lab.jobs.predict_job import predict
 
     with pytest.raises(UserError, match=says):
         predict(compose([f"ckpt_path={trained}", *args], tmp_path, config_name="predict"))

@@ -6,11 +6,9 @@ import csv
 
 import pytest
 
-from conftest import mlflow_runs, run_cli
+from conftest import QUIET, mlflow_runs, run_cli
 
 pytestmark = pytest.mark.slow
-
-QUIET = ["trainer.enable_progress_bar=false", "~callbacks.progress_bar", "trainer.accelerator=cpu"]
 
 
 def sweep(tiny_data, tmp_path, *args, launcher=()):

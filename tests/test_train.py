@@ -8,37 +8,49 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import compose, mlflow_runs
+from conftest import compose, fit_only, last_ckpt, mlflow_runs, weights
 from softmax_lab.errors import ConfigError
-from softmax_lab.training import train
+from softmax_lab.jobs.train_job import train
 
-LOSSES = ["ce", "mse", "margin", "huber", "l1"]
+LOSSES = ["ce", "mse", "margin", "huber", "l1", "bce"]
 
 
-@pytest.mark.parametrize("impl", ["scratch", "nn"])
 @pytest.mark.parametrize("loss", LOSSES)
-def test_every_loss_and_impl_runs_a_fast_dev_run(make_cfg, loss, impl):
-    cfg = make_cfg(f"loss={loss}", f"impl={impl}", "+trainer.fast_dev_run=2", "logger=none")
-    metrics = train(cfg)
-    assert 0.0 <= metrics["test/acc"] <= 1.0 and torch.isfinite(torch.tensor(metrics["train/loss"]))
+def test_every_loss_takes_the_same_steps_in_both_impls(make_cfg, loss):
+    cfgs = {impl: make_cfg(f"loss={loss}", f"impl={impl}", "+trainer.max_steps=5", "logger=none", "data.batch_size=64",
+                           "optimizer.momentum=0.9") for impl in ("scratch", "nn")}
+    cfgs["scratch"].paths.output_dir += "-scratch"
+    for cfg in cfgs.values():
+        fit_only(cfg)
+    W = {impl: weights(cfg) for impl, cfg in cfgs.items()}
+    assert last_ckpt(cfgs["scratch"])["global_step"] == last_ckpt(cfgs["nn"])["global_step"] == 5
+    torch.testing.assert_close(W["scratch"], W["nn"], rtol=1e-5, atol=1e-6)
+    torch.manual_seed(42)  # the seed's initial draw: the steps moved it
+    assert (W["nn"] - torch.randn(784, 10) * 0.01).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("impl", ["scratch", "nn"])
 def test_seeded_runs_repeat_exactly_and_learn(make_cfg, impl):
-    a = train(make_cfg(f"impl={impl}", "logger=none", "trainer.max_epochs=3"))
-    b = train(make_cfg(f"impl={impl}", "logger=none", "trainer.max_epochs=3"))
-    c = train(make_cfg(f"impl={impl}", "logger=none", "trainer.max_epochs=3", "seed=7"))
-    for key in ("train/loss", "val/acc", "test/acc", "test/loss"):
+    runs = {}
+    for name, extra in (("a", []), ("b", []), ("seed7", ["seed=7"])):
+        cfg = make_cfg(f"impl={impl}", "logger=none", "trainer.max_epochs=3", *extra)
+        cfg.paths.output_dir += f"-{name}"
+        runs[name] = fit_only(cfg).trainer.callback_metrics, weights(cfg)
+    (a, Wa), (b, Wb), (c, Wc) = runs["a"], runs["b"], runs["seed7"]
+    assert torch.equal(Wa, Wb) and not torch.equal(Wa, Wc)
+    for key in ("train/loss", "val/acc", "val/loss"):
         assert a[key] == b[key], key
     assert a["train/loss"] != c["train/loss"]
-    assert a["test/acc"] > 0.5  # the tiny data is learnable: chance is 0.1
+    assert a["val/acc"] > 0.5  # the tiny data is learnable: chance is 0.1
 
 
 def test_scratch_and_nn_train_to_the_same_model(make_cfg):
-    s = train(make_cfg("impl=scratch", "logger=none", "optimizer.momentum=0.9", "optimizer.weight_decay=1e-3"))
-    n = train(make_cfg("impl=nn", "logger=none", "optimizer.momentum=0.9", "optimizer.weight_decay=1e-3"))
-    assert s["test/acc"] == pytest.approx(n["test/acc"], abs=0.01)
-    assert s["train/loss"] == pytest.approx(n["train/loss"], rel=1e-3)
+    cfgs = {impl: make_cfg(f"impl={impl}", "logger=none", "optimizer.momentum=0.9", "optimizer.weight_decay=1e-3")
+            for impl in ("scratch", "nn")}
+    cfgs["scratch"].paths.output_dir += "-scratch"
+    s, n = (fit_only(cfg).trainer.callback_metrics for cfg in cfgs.values())
+    assert s["val/acc"] == n["val/acc"] and float(s["train/loss"]) == pytest.approx(float(n["train/loss"]), rel=1e-3)
+    torch.testing.assert_close(weights(cfgs["scratch"]), weights(cfgs["nn"]), rtol=1e-4, atol=1e-6)
 
 
 def test_explicit_lr_wins_over_the_loss_default(make_cfg):
@@ -48,16 +60,22 @@ def test_explicit_lr_wins_over_the_loss_default(make_cfg):
     assert make_cfg("loss=mse", "optimizer=adam").optimizer.lr == 0.001
 
 
-def test_two_classes_train_logistic_regression(make_cfg):
-    cfg = make_cfg("data.classes=[0,6]", "logger=none", "impl=scratch")
+@pytest.mark.parametrize("impl", ["scratch", "nn"])
+def test_two_classes_train_logistic_regression(make_cfg, impl):
+    # with two classes the cross-entropy's gradient moves o_1 and o_0 by equal and opposite amounts, so every step
+    # (momentum included) changes the two columns of W oppositely: w_0 + w_1 keeps its initial value, and the
+    # model is the one logistic regression w = w_1 - w_0
+    cfg = make_cfg("data.classes=[0,6]", "logger=none", f"impl={impl}", "optimizer.momentum=0.9")
     metrics = train(cfg)
     assert metrics["test/acc"] > 0.9
-    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
-    W = ckpt["state_dict"]["net.W"]
-    assert W.shape == (784, 2)
-    X = torch.rand(5, 784)
-    O = X @ W + ckpt["state_dict"]["net.b"]
-    torch.testing.assert_close(torch.softmax(O, 1)[:, 1], torch.sigmoid(O[:, 1] - O[:, 0]))
+    W, b = (last_ckpt(cfg)["state_dict"][k] for k in (("net.W", "net.b") if impl == "scratch" else
+                                                         ("net.1.weight", "net.1.bias")))
+    W = W if impl == "scratch" else W.T
+    torch.manual_seed(42)
+    W0 = torch.randn(784, 2) * 0.01
+    assert W.shape == (784, 2) and (W - W0).abs().max() > 0.01  # it learned
+    torch.testing.assert_close(W.sum(1), W0.sum(1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(b.sum(), torch.tensor(0.0), rtol=0, atol=1e-5)
 
 
 def test_checkpoints_load_with_weights_only(make_cfg):
@@ -129,7 +147,7 @@ def test_the_best_model_is_an_mlflow_model(make_cfg, tmp_path):
     out = model.predict(example)
     # the oracle: the best checkpoint's own weights on the data module's prepared test images
     from conftest import compose  # noqa: F401
-    from softmax_lab.data import FashionMNISTDataModule
+    from softmax_lab.data.datamodule import FashionMNISTDataModule
 
     best = next((Path(cfg.paths.output_dir) / "checkpoints").glob("best-epoch*.ckpt"))
     ckpt = torch.load(best, weights_only=True)
@@ -171,7 +189,7 @@ def test_config_errors_come_before_any_run(make_cfg, tmp_path):
 
 
 def test_eval_reproduces_the_training_runs_test_accuracy(make_cfg, tmp_path, tiny_data):
-    from softmax_lab.evaluation import evaluate
+    from softmax_lab.jobs.eval_job import evaluate
 
     cfg = make_cfg("impl=scratch", "trainer.max_epochs=3")
     metrics = train(cfg)
@@ -194,8 +212,8 @@ def compose_eval(overrides, output_dir):
 
 @pytest.mark.parametrize("content, message", [(None, "no such file"), (b"garbage", "not a readable checkpoint")])
 def test_eval_refuses_missing_or_corrupt_checkpoints(tmp_path, content, message):
-    from softmax_lab.checkpoints import CheckpointError
-    from softmax_lab.evaluation import evaluate
+    from softmax_lab.jobs.eval_job import evaluate
+    from softmax_lab.trainer.checkpoints import CheckpointError
 
     path = tmp_path / "x.ckpt"
     if content is not None:
@@ -209,29 +227,6 @@ def test_composes_like_the_cli(tmp_path):
     assert cfg.model.impl == "scratch" and cfg.loss.margin == 2 and cfg.optimizer.lr == 0.1  # margin keeps 0.1
 
 
-class CountOptimizerSteps(__import__("pytorch_lightning").Callback):
-    """Listens to a per-step hook, as a user's callback might (added by config below)."""
-
-    calls = 0
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        CountOptimizerSteps.calls += 1
-
-
-@pytest.mark.parametrize("impl", ["scratch", "nn"])
-def test_global_step_counts_sgd_steps_with_or_without_step_hooks(make_cfg, impl):
-    # 500 training images, batch 64: 8 minibatches an epoch, in groups of 3 (3 Lightning steps an epoch)
-    common = [f"impl={impl}", "logger=none", "data.batch_size=64", "data.batches_per_step=3"]
-    bare = train(make_cfg(*common))  # nothing listens to the step hooks: bare steps
-    CountOptimizerSteps.calls = 0
-    cfg = make_cfg(*common, f"+callbacks.count._target_={__name__}.CountOptimizerSteps")
-    hooked = train(cfg)  # a callback listens: every step goes through Lightning's hooks
-    assert CountOptimizerSteps.calls == 2 * 8  # once per SGD step, not per group
-    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 2 * 8
-    assert hooked["train/loss"] == bare["train/loss"] and hooked["test/acc"] == bare["test/acc"]
-
-
 @pytest.mark.parametrize("impl", ["scratch", "nn"])
 @pytest.mark.parametrize("group", [None, 3], ids=["default-mode", "speed-mode"])
 @pytest.mark.parametrize("deferred", [False, True], ids=["checked-every-step", "read-every-few-steps"])
@@ -240,9 +235,9 @@ def test_divergence_names_the_first_bad_step_either_way(impl, group, deferred):
     # so SGD step 5 is the first whose loss is not finite.
     import pytorch_lightning as pl
 
-    from softmax_lab.data import TensorBatches
+    from softmax_lab.data.batches import TensorBatches
     from softmax_lab.errors import DivergenceError
-    from softmax_lab.module import SoftmaxRegressionModule
+    from softmax_lab.steps.lightning_module import SoftmaxRegressionModule
 
     X, y = torch.rand(64, 784), torch.arange(64) % 10
     X[4 * 8 + 5, 100] = float("inf")

@@ -1,0 +1,70 @@
+"""evaluate(cfg): a checkpoint's model on the official test set, with its pictures, as an MLflow run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+from softmax_lab.config import validate_eval_config
+from softmax_lab.data.datamodule import FashionMNISTDataModule
+from softmax_lab.errors import ConfigError
+from softmax_lab.jobs.naming import hydra_context
+from softmax_lab.jobs.run_report import print_summary, record_pictures, scalars, write_run_config
+from softmax_lab.maths.losses import name_of
+from softmax_lab.signals import INTERRUPTS
+from softmax_lab.steps.lightning_module import module_from_checkpoint
+from softmax_lab.tracking.run import recorded_run
+from softmax_lab.tracking.run_fields import source_tags
+from softmax_lab.trainer.checkpoints import read_checkpoint
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test a checkpoint on the official test set as an MLflow run of its own; its metrics."""
+    with INTERRUPTS.installed():
+        return _evaluate(cfg)
+
+
+def _evaluate(cfg: DictConfig) -> dict[str, float]:
+    validate_eval_config(cfg)
+    path = Path(cfg.ckpt_path).expanduser()
+    ckpt = read_checkpoint(path)
+    data_hparams = {**ckpt["datamodule_hyper_parameters"], "eval_batch_size": cfg.batch_size}
+    if cfg.data_dir is not None:
+        data_hparams["data_dir"] = cfg.data_dir
+    datamodule = FashionMNISTDataModule(**data_hparams)
+    module = module_from_checkpoint(ckpt)
+    try:
+        trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, default_root_dir=cfg.paths.output_dir)
+    except (MisconfigurationException, ValueError, RuntimeError) as e:  # Lightning's refusal of the accelerator
+        raise ConfigError(f"accelerator={cfg.accelerator}: {str(e).strip()[:300]} Fix: accelerator=cpu or auto.") \
+            from e
+    tracker = instantiate(cfg.logger)
+    tracker.connect()
+    datamodule.load()
+    run_dir = Path(cfg.paths.output_dir)
+    overrides = hydra_context().get("overrides", [])
+    hp = ckpt["hyper_parameters"]
+    loss = name_of(hp["loss"]["_target_"])
+    name = f"eval {path.name} (loss={loss} impl={hp['impl']})"
+    tags = {"ckpt_path": str(path.resolve()), "run_dir": str(run_dir), "impl": hp["impl"], "loss": loss,
+            "kind": "eval", "overrides": " ".join(overrides) or "(defaults)", **source_tags("src/eval.py")}
+    if ckpt.get("mlflow_run_id"):
+        tags["source_run_id"] = ckpt["mlflow_run_id"]
+    params = {"loss": loss, "impl": hp["impl"], "checkpoint_epochs": str(len(ckpt.get("history", []))),
+              "batch_size": str(cfg.batch_size)}
+    with recorded_run(tracker, name, tags):
+        for p in write_run_config(run_dir, cfg, overrides):
+            tracker.log_artifact(p)
+        tracker.log_params(params)
+        trainer.logger = tracker.lightning_logger()
+        trainer.callbacks.extend(tracker.callbacks())
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        metrics = scalars(trainer.callback_metrics)
+        record_pictures(module, datamodule, ckpt.get("history", []), run_dir, name, tracker)
+        print_summary(metrics, tracker, run_dir, "")
+        return metrics

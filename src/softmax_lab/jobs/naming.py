@@ -1,0 +1,40 @@
+"""Where a job runs in Hydra (overrides, choices, sweep position) and the name its MLflow run gets."""
+
+from __future__ import annotations
+
+import os
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from softmax_lab.tracking.sweep_jobs import SWEPT_KEYS_ENV
+
+# Overrides that say where or how things run, not what is trained: left out of run names.
+PLACE_KEYS = ("hydra.", "paths.", "logger.", "+hydra", "ckpt_path", "~", "data.data_dir", "data.download",
+              "trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar", "callbacks.")
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def hydra_context() -> dict:
+    """Overrides, choices and the sweep position of the current Hydra job ({} outside Hydra)."""
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    ctx = {"overrides": list(hc.overrides.task), "choices": dict(hc.runtime.choices)}
+    if hc.mode == RunMode.MULTIRUN:  # reading job.num in a single run raises
+        ctx.update(job_num=hc.job.num, sweep_dir=hc.sweep.dir, launcher=str(hc.launcher.get("_target_", "")))
+    return ctx
+
+
+def run_name(loss_name: str, impl: str, overrides: list[str]) -> str:
+    """'loss=huber impl=scratch optimizer.lr=0.05': the loss and impl always, then what else was changed (in a
+    sweep: what the sweep varies)."""
+    head = [f"loss={loss_name}", f"impl={impl}"]
+    rest = [o for o in overrides if not o.startswith(("loss=", "impl=", *PLACE_KEYS))]
+    swept = os.environ.get(SWEPT_KEYS_ENV)
+    if swept is not None:
+        rest = [o for o in rest if o.split("=", 1)[0].lstrip("+~") in swept.split(",")]
+    return " ".join(head + rest)

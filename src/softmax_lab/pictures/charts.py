@@ -1,0 +1,128 @@
+"""The run's charts: confusion matrix, learning curves, per-class accuracy, reliability diagram; a sweep's chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from softmax_lab.pictures.canvas import plt, save
+
+
+def confusion_matrix(counts, class_names, path: Path, title: str = "Test confusion matrix") -> Path:
+    """Counts per (true, predicted) class, coloured by the share of each true class."""
+    counts = np.asarray(counts)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(8, 7))
+    im = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if shares[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    ax.set_title(f"{title} (accuracy {accuracy:.4f})")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
+    fig.subplots_adjust(left=0.14, right=0.9, bottom=0.16, top=0.95)  # fixed: tight_layout measures every label
+    return save(fig, path)
+
+
+def learning_curves(history: list[dict], path: Path, title: str = "") -> Path:
+    """Train loss, train acc and val acc per epoch on one axes (d2l Animator)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [h["epoch"] + 1 for h in history]
+    for key, style in (("train/loss", "-"), ("train/acc", "m--"), ("val/acc", "g-.")):
+        values = [h.get(key, np.nan) for h in history]
+        ax.plot(epochs, values, style, label=key.replace("/", " "), marker="o", markersize=3)
+    ax.set_xlabel("epoch")
+    ax.set_xlim(0.5, max(epochs + [1]) + 0.5)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.12, top=0.92)
+    return save(fig, path)
+
+
+def per_class_accuracy(accuracies, class_names, path: Path, title: str = "") -> Path:
+    """Test accuracy of each class as horizontal bars, the overall mean as a line: which classes the model
+    confuses (shirt, pullover, coat) at a glance."""
+    acc = np.asarray(accuracies, dtype=float)
+    order = np.argsort(acc)
+    fig, ax = plt.subplots(figsize=(6, 0.32 * len(acc) + 1.3))
+    ax.barh(range(len(acc)), acc[order], color=["C3" if a < acc.mean() else "C0" for a in acc[order]])
+    ax.set_yticks(range(len(acc)), [class_names[i] for i in order])
+    for k, a in enumerate(acc[order]):
+        inside = a > 0.85
+        ax.text(a - 0.01 if inside else a + 0.01, k, f"{a:.3f}", va="center", ha="right" if inside else "left",
+                fontsize=8, color="white" if inside else "black")
+    ax.axvline(acc.mean(), color="gray", linestyle="--", linewidth=1, label=f"mean {acc.mean():.3f}")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("test accuracy")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"Per-class test accuracy, {title}" if title else "Per-class test accuracy", fontsize=9)
+    height = fig.get_figheight()
+    fig.subplots_adjust(left=0.19, right=0.97, bottom=0.5 / height, top=1 - 0.35 / height)
+    return save(fig, path)
+
+
+def reliability_diagram(bins: dict, ece: float, path: Path, title: str = "") -> Path:
+    """Accuracy against confidence per bin (top label, equal widths), the gap to the diagonal shaded, the share
+    of test images per bin below: where a model is over- or under-confident (Guo et al., 2017)."""
+    count = np.asarray(bins["bin_count"], dtype=float)
+    acc, conf = np.asarray(bins["bin_acc"], dtype=float), np.asarray(bins["bin_conf"], dtype=float)
+    k = len(count)
+    edges = np.linspace(0, 1, k + 1)
+    centers, width = (edges[:-1] + edges[1:]) / 2, 1.0 / k
+    used = count > 0
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 5.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="perfectly calibrated")
+    ax.bar(centers[used], acc[used], width, color="C0", edgecolor="white", label="accuracy")
+    ax.bar(centers[used], conf[used] - acc[used], width, bottom=acc[used], color="none", hatch="///",
+           edgecolor="C3", linewidth=0, label="gap: confidence - accuracy")
+    ax.plot(centers[used], conf[used], "_", color="C3", markersize=14, markeredgewidth=2, label="mean confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title((f"{title}: " if title else "") + f"ECE {ece:.4f}", fontsize=9)
+    hist.bar(centers, count / max(count.sum(), 1), width, color="C7", edgecolor="white")
+    hist.set_xlabel("confidence (softmax probability of the predicted class)")
+    hist.set_ylabel("share")
+    fig.subplots_adjust(left=0.14, right=0.97, top=0.94, bottom=0.09, hspace=0.12)  # fixed: tight_layout is slow
+    return save(fig, path)
+
+
+def sweep_chart(rows: list[dict], path: Path) -> Path:
+    """Test accuracy per loss (groups) and implementation (bars); failed jobs marked. The y-axis starts near the
+    lowest result, so the differences between jobs show; it says where it starts."""
+    losses = list(dict.fromkeys(r["loss"] for r in rows))
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    width = 0.8 / max(len(impls), 1)
+    finished = [r["test_acc"] for r in rows if r["status"] == "FINISHED" and r["test_acc"] is not None]
+    low = max(0.0, np.floor((min(finished) - 0.03) * 50) / 50) if finished else 0.0
+    high = min(1.0, max(finished) + 0.02) if finished else 1.0
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(losses) * max(len(impls), 1)), 4.5))
+    for k, impl in enumerate(impls):
+        for i, loss in enumerate(losses):
+            match = [r for r in rows if r["loss"] == loss and r["impl"] == impl]
+            if not match:
+                continue
+            best = max(match, key=lambda r: r["test_acc"] if r["test_acc"] is not None else -1)
+            x = i + (k - (len(impls) - 1) / 2) * width
+            ok = best["status"] == "FINISHED" and best["test_acc"] is not None
+            acc = best["test_acc"] if ok else low
+            ax.bar(x, acc - low, width, bottom=low, color=f"C{k}", label=impl if i == 0 else None)
+            ax.text(x, (acc if ok else low) + (high - low) * 0.01, f"{acc:.4f}" if ok else best["status"],
+                    ha="center", va="bottom", fontsize=8, rotation=90 if len(losses) * len(impls) > 12 else 0)
+    ax.set_xticks(range(len(losses)), losses)
+    ax.set_ylim(low, high + (high - low) * 0.08)
+    ax.set_ylabel(f"test accuracy (axis from {low:.2f})")
+    ax.set_title("Sweep: test accuracy per loss and implementation")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(title="impl", loc="lower right")
+    fig.tight_layout()
+    return save(fig, path)

@@ -1,0 +1,1 @@
+"""The LightningModule and how each implementation takes its SGD steps."""

@@ -1,0 +1,189 @@
+"""SGD steps the module takes itself, under Lightning's manual optimisation.
+
+impl=scratch always steps here (no autograd, no torch.optim); impl=nn steps here only in the speed
+mode (data.batches_per_step > 1): by default Lightning's automatic optimisation steps it. Each step
+repeats what Lightning's automatic optimisation does, in its order, so a flag means the same in every
+mode (trainer/flags.py moves those flags here):
+
+    loss / accumulate_grad_batches -> gradients, summed over a window of minibatches
+    at the window's last minibatch, or the epoch's: DDP average -> divergence check -> clipping
+    (torch's norm or value rule) -> update -> Lightning's optimizer step, which runs the step hooks
+    and counts the step in trainer.global_step
+
+By default every step goes through Lightning's public optimizer step (`LightningOptimizer.step`);
+impl=scratch has no torch optimizer, so Lightning's stand-in, which updates nothing, is stepped after
+the hand update. In the speed mode, when no callback listens to the per-step hooks, steps are taken
+`bare` (torch's backward and step) and counted by bare_steps.py. A step object is given what it
+uses: the parameters, the loss, the optimizer, the guard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from softmax_lab.maths.sgd import clip_
+from softmax_lab.steps.bare_steps import count_step
+
+
+@dataclass(frozen=True)
+class StepRules:
+    """The Lightning flags a hand step honours itself: gradient accumulation and clipping."""
+
+    accumulate: int = 1
+    clip_val: float | None = None
+    clip_algorithm: str = "norm"
+
+
+def window_mean(losses: list[torch.Tensor]) -> torch.Tensor:
+    """The loss of an accumulation window: its minibatches' mean (no stacking for the usual window of one)."""
+    return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+
+
+class HandSteps:
+    """One impl's SGD steps: `minibatch(X, y, last_of_epoch)` per minibatch.
+
+    optimizer: Lightning's wrapper of the optimizer; average(loss, grads): the DDP average (steps/replicas.py);
+    guard: the divergence guard; after_step(loss): called after each step with its (window's) loss; bare: take
+    the steps outside Lightning's wrapper (the speed mode, bare_steps.py)."""
+
+    def __init__(self, rules: StepRules, optimizer, average, guard, after_step: Callable[[torch.Tensor], None],
+                 bare: bool = False):
+        self.rules, self.optimizer, self.average, self.guard, self.after_step = rules, optimizer, average, guard, \
+            after_step
+        self.bare = bare
+        self._window: list[torch.Tensor] = []  # the losses of the minibatches since the last step
+
+    def minibatch(self, X, y, last_of_epoch: bool):
+        """Forward and backward of one minibatch, then the SGD step if its window is complete: (loss, logits)."""
+        loss, O = self.forward_backward(X, y, 1.0 / self.rules.accumulate)
+        self._window.append(loss.detach())
+        if len(self._window) == self.rules.accumulate or last_of_epoch:
+            window_loss = window_mean(self._window)
+            self._window = []
+            grads = self.grads()
+            window_loss = self.average(window_loss, grads)
+            self.guard.check(window_loss)
+            if self.rules.clip_val:
+                self.clip(grads)
+            self.update(grads)
+            self.after_step(window_loss)
+        return loss, O
+
+    # impl-specific: the minibatch's loss and gradients, clipping, the update
+
+    def forward_backward(self, X, y, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def grads(self) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def clip(self, grads: list[torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def update(self, grads: list[torch.Tensor]) -> None:
+        raise NotImplementedError
+
+
+class ScratchSteps(HandSteps):
+    """impl=scratch: O = XW + b, dL/dO from the loss's formula, dL/dW = X^T G, dL/db = sum of rows of G, the
+    hand-written SGD of maths/sgd.py.
+
+    Under a mixed precision (autocast) the products run in the low precision, as autograd's do for impl=nn,
+    but the loss and dL/dO are taken in the parameters' precision (autocast runs torch's losses in float32)
+    and the gradients are kept in it, so the update and the optimizer state stay float32 for both impls."""
+
+    def __init__(self, net, loss_fn, sgd, **kwargs):
+        super().__init__(**kwargs)
+        self.net, self.loss_fn, self.sgd = net, loss_fn, sgd
+        self.params = [net.W, net.b]
+        self._grads: list[torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def forward_backward(self, X, y, scale):
+        O = self.net(X)
+        loss, G = self.loss_fn.value_and_grad(O.to(self.net.W.dtype), y)
+        if scale != 1.0:
+            G = G.mul_(scale)
+        grads = [g.to(p.dtype) for g, p in zip(self.net.grads(X, G.to(O.dtype)), self.params, strict=True)]
+        if self._grads is None:
+            self._grads = grads
+        else:
+            for acc, g in zip(self._grads, grads, strict=True):
+                acc.add_(g)
+        return loss, O
+
+    def grads(self):
+        return self._grads
+
+    def clip(self, grads):
+        clip_(grads, self.rules.clip_val, self.rules.clip_algorithm)
+
+    @torch.no_grad()
+    def update(self, grads):
+        self.sgd.step(self.params, grads)
+        self._grads = None
+        if self.bare:
+            count_step(self.optimizer)
+        else:
+            self.optimizer.step()  # Lightning's stand-in optimizer: runs the step hooks and counts the step
+
+
+class NNSteps(HandSteps):
+    """impl=nn in the speed mode: autograd and the torch.optim optimizer, stepped through Lightning's
+    manual optimisation (`backward` is the module's manual_backward, `clip_gradients` its clip_gradients)."""
+
+    def __init__(self, net, loss_fn, backward, clip_gradients, **kwargs):
+        super().__init__(**kwargs)
+        self.net, self.loss_fn, self.backward, self.clip_gradients = net, loss_fn, backward, clip_gradients
+
+    def forward_backward(self, X, y, scale):
+        O = self.net(X)
+        loss = self.loss_fn.torch_value(O, y)
+        scaled = loss * scale if scale != 1.0 else loss
+        scaled.backward() if self.bare else self.backward(scaled)
+        return loss, O.detach()
+
+    def grads(self):
+        return [p.grad for p in self.net.parameters() if p.grad is not None]
+
+    def clip(self, grads):
+        self.clip_gradients(self.optimizer, gradient_clip_val=self.rules.clip_val,
+                            gradient_clip_algorithm=self.rules.clip_algorithm)
+
+    def update(self, grads):
+        if self.bare:
+            self.optimizer.optimizer.step()
+            self.optimizer.optimizer.zero_grad(set_to_none=True)
+            count_step(self.optimizer)
+        else:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+
+class LightningSteps:
+    """impl=nn by default: Lightning's automatic optimisation takes the step (backward, accumulation, clipping,
+    the optimizer); the module notes each minibatch's loss, averages (DDP) and checks the window's loss in
+    on_before_optimizer_step, and reports the step once Lightning has taken it."""
+
+    def __init__(self, average, guard, after_step: Callable[[torch.Tensor], None]):
+        self.average, self.guard, self.after_step = average, guard, after_step
+        self._window: list[torch.Tensor] = []  # the losses since the last optimizer step
+        self._taken: torch.Tensor | None = None  # the loss of the step Lightning is taking
+
+    def note(self, loss: torch.Tensor) -> torch.Tensor:
+        self._window.append(loss.detach())
+        return loss
+
+    def before_step(self, grads: list[torch.Tensor]) -> None:
+        loss = self.average(window_mean(self._window), grads)
+        self._window = []
+        self.guard.check(loss)
+        self._taken = loss
+
+    def after_batch(self) -> None:
+        if self._taken is not None:  # not after a minibatch that only accumulated
+            self.after_step(self._taken)
+            self._taken = None

@@ -1,0 +1,92 @@
+"""A run's best model as an MLflow model (pyfunc): Fashion-MNIST pixels in, classes and probabilities out.
+
+    model = mlflow.pyfunc.load_model("models:/<model id>")   # or runs:/..., or the registry's name
+    model.predict(pixels)   # float32 (n, 784) in [0, 1]: 28x28 images flattened, light object on dark
+
+Output: a DataFrame with `class_id`, `class_name`, `probability` (softmax of the logits, the model's own
+probability; see the README on calibration) and one `p_<class name>` column per class. The model prepares
+the pixels as its training run did (data.resize, data.normalize), so it takes raw images whatever the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.types.type_hints import TypeFromExample
+
+from softmax_lab.maths.classifier import LinearClassifier
+
+# MLflow's advice at every log_model that does not apply here (matched by message, everything else shows):
+# pickling is how a PythonModel object is saved; an (n, 784) array is the input this model takes.
+NOT_OURS = ("Passing a Python object as `python_model`", "Input example must be one of pandas.DataFrame")
+
+
+class SoftmaxRegressionPyfunc(mlflow.pyfunc.PythonModel):
+    """The weights, class names and data preparation of one run's LinearClassifier, as numpy arrays."""
+
+    def __init__(self, classifier: LinearClassifier):
+        self.W, self.b = classifier.W.numpy(), classifier.b.numpy()
+        self.class_names, self.resize = list(classifier.class_names), classifier.resize
+        self.mean, self.std = classifier.mean, classifier.std
+
+    def classifier(self) -> LinearClassifier:
+        return LinearClassifier(torch.from_numpy(self.W), torch.from_numpy(self.b), self.class_names, self.resize,
+                                self.mean, self.std)
+
+    def predict(self, context, model_input: TypeFromExample, params=None) -> pd.DataFrame:
+        # TypeFromExample: MLflow takes the input's type from the input example (a float32 array)
+        X = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        P = self.classifier().probabilities(X.reshape(len(X), -1)).numpy()
+        ids = P.argmax(axis=1)
+        columns = {"class_id": ids, "class_name": [self.class_names[i] for i in ids], "probability": P.max(axis=1)}
+        columns.update({f"p_{name.replace(' ', '_')}": P[:, i] for i, name in enumerate(self.class_names)})
+        return pd.DataFrame(columns)
+
+
+class _NotOurs(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(NOT_OURS)
+
+
+@contextlib.contextmanager
+def mlflow_advice_filtered():
+    """MLflow's advice that does not apply here, filtered by message (the rest of its output is kept)."""
+    logger, hide = logging.getLogger("mlflow.pyfunc"), _NotOurs()
+    logger.addFilter(hide)
+    try:
+        with warnings.catch_warnings():
+            # class_id is an integer column and never missing: MLflow's hint about missing integers does not apply
+            warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column", UserWarning)
+            yield
+    finally:
+        logger.removeFilter(hide)
+
+
+def log_model(client, run_id: str, experiment_id: str, classifier: LinearClassifier, example: np.ndarray,
+              params: dict[str, str], step: int, registered_model_name: str | None = None) -> str:
+    """Log the classifier as the run's model, listed under the experiment's Logged models; its `models:/` URI.
+    `example`: float32 (n, 784) test images as the model takes them."""
+    from mlflow.entities import LoggedModelOutput
+    from mlflow.models import infer_signature
+
+    model = SoftmaxRegressionPyfunc(classifier)
+    with mlflow_advice_filtered():
+        signature = infer_signature(example, model.predict(None, example))
+        # Created for our run explicitly: the fluent `mlflow.start_run` would set the run's status on exit
+        logged = mlflow.initialize_logged_model(name="model", source_run_id=run_id, experiment_id=experiment_id,
+                                                params=params, model_type="softmax-regression")
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=model, signature=signature, input_example=example, model_id=logged.model_id,
+            registered_model_name=registered_model_name, await_registration_for=0,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy",
+                              "pandas"],
+            code_paths=[str(Path(__file__).parents[1])])  # the package travels with the model
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=step)])
+    return info.model_uri

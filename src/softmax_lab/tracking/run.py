@@ -1,0 +1,218 @@
+"""The MLflow run: created (or an interrupted one reopened) by the tracker, which hands Lightning a logger attached
+to it and, not Lightning, sets its final status: FINISHED, FAILED (the reason as the `failure_reason` tag and the
+description) or KILLED. Every write is a `store_write` (store.py): never cut in two by a signal."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import traceback
+from pathlib import Path
+
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from softmax_lab.errors import RunInterrupted, TrackingError, UserError
+from softmax_lab.signals import protected
+from softmax_lab.tracking.logger import BufferedMlflowLogger, FlushMetrics
+from softmax_lab.tracking.run_fields import MAX_TAG_VALUE
+from softmax_lab.tracking.store import connect, first_line, store_errors, store_write
+from softmax_lab.tracking.sweep_jobs import PARENT_RUN_ENV
+from softmax_lab.tracking.uris import browse_hint, redact, resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+def no_answer(uri: str, run_id: str, e: BaseException) -> TrackingError:
+    return TrackingError(f"the MLflow store {redact(uri)} could not say whether it holds run {run_id}, the run to "
+                         f"resume ({first_line(e)[:200]}); nothing was changed. Fix: run the same command again once "
+                         "the store answers.")
+
+
+class MlflowTracker:
+    """One MLflow run per training or evaluation job (conf/logger/mlflow.yaml)."""
+
+    enabled = True
+
+    def __init__(self, tracking_uri: str | None = None, experiment_name: str = "fashion-mnist-softmax",
+                 run_name: str | None = None, registered_model_name: str | None = None):
+        self.uri = resolve_tracking_uri(tracking_uri)
+        self.experiment_name, self.run_name = experiment_name, run_name
+        self.registered_model_name = registered_model_name
+        self.client = self.experiment_id = self.run_id = self.logger = self.model_uri = None
+        self.logged_until: dict[str, int] = {}  # a reopened run: the last step of each metric it holds
+
+    def connect(self) -> None:
+        self.client, self.experiment_id = connect(self.uri, self.experiment_name)
+
+    def find_run(self, run_id: str | None):
+        """The run with this id in this store's experiment; None when the store does not hold it. A store that
+        cannot answer is a TrackingError: a resume must not start a second run because of a passing failure."""
+        from mlflow.exceptions import MlflowException
+
+        if not run_id:
+            return None
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise no_answer(self.uri, run_id, e) from e
+        except store_errors() as e:
+            raise no_answer(self.uri, run_id, e) from e
+        return run if run.info.experiment_id == self.experiment_id else None
+
+    def start_run(self, run_name: str, tags: dict[str, str], resume_run_id: str | None = None) -> str:
+        """Create the run, or reopen `resume_run_id` (an interrupted run of this store) as RUNNING again."""
+        tags = {**tags, "mlflow.runName": self.run_name or run_name}
+        if os.environ.get(PARENT_RUN_ENV):
+            tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
+        tags = {k: str(v)[:MAX_TAG_VALUE] for k, v in tags.items()}
+        resumed = self.find_run(resume_run_id)
+        with store_write(self.uri):
+            if resumed is not None:
+                self.logged_until = {k: max(m.step for m in self.client.get_metric_history(resume_run_id, k))
+                                     for k in resumed.data.metrics}
+                for k, v in tags.items():
+                    if k != "mlflow.runName":
+                        self.client.set_tag(resume_run_id, k, v)
+                self.client.update_run(resume_run_id, status="RUNNING")
+                self.run_id = resume_run_id
+            else:
+                self.run_id = self.client.create_run(self.experiment_id, run_name=tags["mlflow.runName"],
+                                                     tags=tags).info.run_id
+        return self.run_id
+
+    def log_params(self, params: dict[str, str]) -> None:
+        """The run's params; a reopened run (MLflow params cannot change) tags what its resume changed."""
+        from mlflow.entities import Param
+
+        with store_write(self.uri):
+            existing = self.client.get_run(self.run_id).data.params
+            changed = {k: v for k, v in params.items() if k in existing and existing[k] != v}
+            new = [Param(k, v) for k, v in params.items() if k not in existing]
+            for i in range(0, len(new), 100):
+                self.client.log_batch(self.run_id, params=new[i : i + 100])
+            if changed:
+                self.client.set_tag(self.run_id, "resumed_with", " ".join(f"{k}={v}" for k, v in changed.items()))
+
+    def lightning_logger(self) -> BufferedMlflowLogger:
+        self.logger = BufferedMlflowLogger(experiment_name=self.experiment_name, tracking_uri=self.uri,
+                                           run_id=self.run_id, logged_until=self.logged_until)
+        return self.logger
+
+    def callbacks(self) -> list:
+        return [FlushMetrics(self.logger)] if self.logger is not None else []
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        with store_write(self.uri):
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_model(self, classifier, example, params: dict[str, str], step: int) -> str:
+        from softmax_lab.tracking.pyfunc_model import log_model
+
+        with store_write(self.uri):
+            self.model_uri = log_model(self.client, self.run_id, self.experiment_id, classifier, example, params,
+                                       step, self.registered_model_name)
+        return self.model_uri
+
+    def set_description(self, markdown: str) -> None:
+        with store_write(self.uri):
+            self.client.set_tag(self.run_id, "mlflow.note.content", markdown[:MAX_TAG_VALUE])
+
+    def finish(self, status: str, reason: str | None = None, description: str | None = None) -> None:
+        """Record what happened: the status first, so it tells the truth whatever fails after it; then what
+        was logged but not yet written, the reason and the description."""
+        if self.run_id is None:
+            return
+        errors = []
+        writes = [lambda: self.client.set_terminated(self.run_id, status)]
+        if self.logger is not None:
+            writes.append(self.logger.flush)
+        if reason:
+            writes.append(lambda: self.client.set_tag(self.run_id, "failure_reason", reason[:MAX_TAG_VALUE]))
+        if description:
+            writes.append(lambda: self.set_description(description))
+        for write in writes:
+            try:
+                with protected():
+                    write()
+            except (TrackingError, *store_errors()) as e:  # a full disk, a store gone: the others are still tried
+                errors.append(e)
+        if errors:
+            log.warning("MLflow run %s is %s, but not everything could be written to %s: %s", self.run_id, status,
+                        redact(self.uri), first_line(errors[0]))
+
+    def describe(self) -> str:
+        return f"MLflow run {self.run_id} in {redact(self.uri)} (experiment {self.experiment_name})"
+
+    def browse_hint(self) -> str:
+        return browse_hint(self.uri, self.experiment_id, self.run_id)
+
+
+class NoTracking:
+    """logger=none: the same interface, recording nothing."""
+
+    enabled = False
+    run_id = uri = model_uri = None
+
+    def connect(self) -> None: ...
+
+    def find_run(self, run_id):
+        return None
+
+    def start_run(self, run_name, tags, resume_run_id=None) -> None: ...
+
+    def log_params(self, params) -> None: ...
+
+    def lightning_logger(self):
+        return False
+
+    def callbacks(self) -> list:
+        return []
+
+    def log_artifact(self, path, artifact_path=None) -> None: ...
+
+    def log_model(self, classifier, example, params, step) -> None: ...
+
+    def set_description(self, markdown: str) -> None: ...
+
+    def finish(self, status, reason=None, description=None) -> None: ...
+
+    def describe(self) -> str:
+        return "not tracked (logger=none)"
+
+    def browse_hint(self) -> str:
+        return ""
+
+
+def _outcome_description(status: str, reason: str | None, resume_hint: str | None) -> str | None:
+    if status == "KILLED":
+        how = f"`python src/train.py {resume_hint}`" if resume_hint else "its run dir's `checkpoints/last.ckpt`"
+        return f"**KILLED** ({reason}). What it measured until then is kept. Resume it: {how}."
+    if status == "FAILED":
+        return f"**FAILED**: {reason}"
+    return None
+
+
+@contextlib.contextmanager
+def recorded_run(tracker, name: str, tags: dict[str, str], resume_run_id: str | None = None,
+                 resume_hint: str | None = None):
+    """Start (or reopen) the run; on the way out its status tells the truth: FINISHED, FAILED (the reason as
+    the `failure_reason` tag and the description) or KILLED. Whatever was logged before is written."""
+    tracker.start_run(name, tags, resume_run_id)
+    status, reason = "FAILED", None
+    try:
+        yield
+        status = "FINISHED"
+    except BaseException as e:
+        if isinstance(e, RunInterrupted | KeyboardInterrupt | SIGTERMException):
+            status, reason = "KILLED", str(e) if isinstance(e, RunInterrupted) else f"interrupted ({type(e).__name__})"
+        elif isinstance(e, UserError):  # DivergenceError among them
+            reason = str(e)
+        else:
+            reason = "".join(traceback.format_exception_only(type(e), e)).strip()
+        e.recorded = tracker.run_id is not None  # so the command line says truthfully whether a run holds it
+        raise
+    finally:
+        tracker.finish(status, reason, _outcome_description(status, reason, resume_hint))

@@ -1,0 +1,125 @@
+"""A Hydra multirun as one MLflow parent run that tells the sweep's result, with a summary of every job.
+
+on_multirun_start creates the store, the experiment and the parent run once, before any job starts
+(parallel jobs creating a fresh sqlite store race on its schema), records what the sweep varies as
+the parent's params, and exports the parent's id: every job's run carries it as `mlflow.parentRunId`.
+on_multirun_end reads the children back from MLflow, whatever launcher ran them and however they
+ended, adds the jobs that never got a run from their job_outcome.json, and writes the summary
+(sweep_summary.py) into the sweep dir and onto the parent, whose metrics, tags and description then
+give the best job. The parent ends FINISHED when the summary is written (its failed jobs are in its
+tags and description), FAILED when writing it fails; the sweep exits non-zero when any job did not finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from softmax_lab.signals import protected
+from softmax_lab.tracking.run_fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, source_tags
+from softmax_lab.tracking.store import connect
+from softmax_lab.tracking.sweep_jobs import PARENT_RUN_ENV, SWEPT_KEYS_ENV
+from softmax_lab.tracking.sweep_summary import (
+    best_row,
+    markdown_table,
+    outcome_rows,
+    parent_description,
+    summary_rows,
+    write_summary,
+)
+from softmax_lab.tracking.uris import resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+FAILED_JOBS = 0  # read by src/train.py to exit non-zero when a job failed
+
+
+def sweep_overrides(config: DictConfig) -> dict[str, str]:
+    """What the sweep varies, key -> its values as typed: `key=a,b`, `key=range(...)`/`choice(...)`, and a
+    sweeper's own search space (Optuna's params)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    swept = {o.key_or_group.lstrip("+~"): o.input_line.split("=", 1)[1] for o in parsed if o.is_sweep_override()}
+    swept.update({k: str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()})
+    return swept
+
+
+class MlflowSweepCallback(Callback):
+    """conf/hydra/default.yaml installs it; in a single run it does nothing."""
+
+    def __init__(self):
+        self.client = self.experiment_id = self.parent_run_id = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        global FAILED_JOBS
+        FAILED_JOBS = 0
+        HydraConfig.instance().set_config(config)  # so ${hydra:...} resolves here
+        swept = sweep_overrides(config)
+        os.environ[SWEPT_KEYS_ENV] = ",".join(swept)
+        if not str(config.logger.get("_target_", "")).endswith("MlflowTracker"):
+            return
+        uri = resolve_tracking_uri(config.logger.get("tracking_uri"))
+        self.client, self.experiment_id = connect(uri, config.logger.experiment_name)
+        task = list(config.hydra.overrides.task)
+        tags = {"sweep_dir": str(config.hydra.sweep.dir), "overrides": " ".join(task) or "(defaults)",
+                "sweeper": config.hydra.sweeper.get("_target_", ""),
+                "launcher": config.hydra.launcher.get("_target_", ""), **source_tags("src/train.py -m")}
+        with protected():
+            run = self.client.create_run(self.experiment_id, run_name="sweep: " + (" ".join(task) or "(defaults)"),
+                                         tags=tags)
+            self.parent_run_id = run.info.run_id
+            for key, values in swept.items():  # what the sweep varies, as the compare view shows params
+                self.client.log_param(self.parent_run_id, key, values[:MAX_PARAM_VALUE])
+        os.environ[PARENT_RUN_ENV] = self.parent_run_id
+        log.info("sweep recorded as MLflow parent run %s", self.parent_run_id)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        global FAILED_JOBS
+        os.environ.pop(PARENT_RUN_ENV, None)
+        os.environ.pop(SWEPT_KEYS_ENV, None)
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            rows = summary_rows(self.client, self.experiment_id, self.parent_run_id) if self.parent_run_id else []
+            rows = sorted(rows + outcome_rows(sweep_dir, {r["job"] for r in rows}), key=lambda r: r["job"])
+            FAILED_JOBS = sum(r["status"] != "FINISHED" for r in rows)
+            files = write_summary(rows, sweep_dir)
+            print(f"\nSweep summary ({len(rows)} jobs, {FAILED_JOBS} not finished; files in {sweep_dir}):\n"
+                  + markdown_table(rows), flush=True)
+            if self.parent_run_id is not None:
+                optuna = [p for p in [sweep_dir / "optimization_results.yaml"] if p.exists()]  # Optuna's best params
+                self._record_result(rows, best_row(rows), files + optuna)
+                with protected():
+                    self.client.set_terminated(self.parent_run_id, "FINISHED")
+        except BaseException:
+            FAILED_JOBS = max(FAILED_JOBS, 1)
+            if self.parent_run_id is not None:
+                with protected():
+                    self.client.set_terminated(self.parent_run_id, "FAILED")
+            raise
+
+    def _record_result(self, rows: list[dict], best: dict | None, files: list[Path]) -> None:
+        """The parent tells the sweep's result: the best job's metrics and name, the table as its description."""
+        from mlflow.entities import Metric
+
+        pid = self.parent_run_id
+        with protected():
+            for p in files:
+                self.client.log_artifact(pid, str(p), "summary")
+            tags = {"jobs": len(rows), "failed_jobs": FAILED_JOBS,
+                    "mlflow.note.content": parent_description(rows, best, FAILED_JOBS)[:MAX_TAG_VALUE]}
+            if best is not None:
+                tags.update(best_job=best["job"], best_run_id=best["run_id"], best_overrides=best["overrides"])
+                values = {"val/acc_best": best["val_acc_best"], "test/acc": best["test_acc"],
+                          "test/ece": best["test_ece"], "test/nll": best["test_nll"]}
+                now = int(time.time() * 1000)
+                self.client.log_batch(pid, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()
+                                                    if v is not None])
+            for k, v in tags.items():
+                self.client.set_tag(pid, k, str(v))

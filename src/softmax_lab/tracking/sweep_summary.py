@@ -1,0 +1,94 @@
+"""A sweep's summary: one row per job, from MLflow (its child runs) and from the job outcome files (jobs that never
+got a run), as a csv, a markdown table and a chart; the best job; the parent run's description."""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from pathlib import Path
+
+from softmax_lab.files import write_text
+from softmax_lab.tracking.sweep_jobs import read_outcome
+
+COLUMNS = ["job", "overrides", "loss", "impl", "status", "val_acc_best", "test_acc", "test_ece", "test_nll",
+           "epoch_s", "run_id", "failure_reason"]
+SHOWN = COLUMNS[:10]  # the markdown table and the printout
+
+
+def _job_dirs(sweep_dir: Path) -> dict[int, Path]:
+    """The job dirs Hydra made under the sweep dir (each holds .hydra/), by job number."""
+    dirs = {}
+    for d in sweep_dir.iterdir() if sweep_dir.is_dir() else []:
+        if (d / ".hydra").is_dir() and d.name.isdigit():
+            dirs[int(d.name)] = d
+    return dirs
+
+
+def outcome_rows(sweep_dir: Path, known_jobs: set[int]) -> list[dict]:
+    """Rows for jobs MLflow does not know (refused before their run existed, or not tracked), from their
+    job_outcome.json; a job dir without a readable one is a job that never reported (killed): LOST."""
+    rows = []
+    for job, d in sorted(_job_dirs(sweep_dir).items()):
+        if job in known_jobs:
+            continue
+        o = read_outcome(d)
+        m = o.get("metrics") if isinstance(o.get("metrics"), dict) else {}
+        rows.append({"job": job, "overrides": o.get("overrides", ""), "loss": o.get("loss", "?"),
+                     "impl": o.get("impl", "?"), "status": o["status"], "val_acc_best": m.get("val/acc_best"),
+                     "test_acc": m.get("test/acc"), "test_ece": m.get("test/ece"), "test_nll": m.get("test/nll"),
+                     "epoch_s": None, "run_id": "", "failure_reason": str(o.get("reason", ""))[:200]})
+    return rows
+
+
+def summary_rows(client, experiment_id: str, parent_run_id: str) -> list[dict]:
+    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                              max_results=10000)
+    rows = []
+    for r in runs:
+        m, t = r.data.metrics, r.data.tags
+        epochs = [x.value for x in client.get_metric_history(r.info.run_id, "time/epoch_s")]
+        rows.append({
+            "job": int(t.get("job_num", -1)), "overrides": t.get("overrides", ""), "loss": t.get("loss", "?"),
+            "impl": t.get("impl", "?"), "status": r.info.status, "val_acc_best": m.get("val/acc_best"),
+            "test_acc": m.get("test/acc"), "test_ece": m.get("test/ece"), "test_nll": m.get("test/nll"),
+            "epoch_s": statistics.median(epochs) if epochs else None, "run_id": r.info.run_id,
+            "failure_reason": t.get("failure_reason", "")[:200],
+        })
+    return sorted(rows, key=lambda r: r["job"])
+
+
+def best_row(rows: list[dict]) -> dict | None:
+    """The finished job with the best val/acc_best (the sweep's objective); test accuracy breaks ties."""
+    done = [r for r in rows if r["status"] == "FINISHED" and r["val_acc_best"] is not None]
+    return max(done, key=lambda r: (r["val_acc_best"], r["test_acc"] or 0)) if done else None
+
+
+def _cell(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def markdown_table(rows: list[dict], columns=SHOWN) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r[c]) if r[c] is not None else "-" for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(rows: list[dict], sweep_dir: Path) -> list[Path]:
+    from softmax_lab.pictures.charts import sweep_chart
+
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return [write_text(sweep_dir / "sweep_summary.csv", table.getvalue()),
+            write_text(sweep_dir / "sweep_summary.md", "# Sweep summary\n\n" + markdown_table(rows)),
+            sweep_chart(rows, sweep_dir / "sweep_summary.png")]
+
+
+def parent_description(rows: list[dict], best: dict | None, failed: int) -> str:
+    head = f"**Sweep of {len(rows)} jobs, {failed} not finished.**"
+    if best is not None:
+        head += (f" Best: job {best['job']} `{best['overrides']}` with val/acc_best {best['val_acc_best']:.4f} and "
+                 f"test/acc {best['test_acc']:.4f}.")
+    return head + "\n\n" + markdown_table(rows)
