@@ -24,13 +24,13 @@ $(STAMP): pyproject.toml constraints.txt
 train: install
 	$(PY) src/train.py $(ARGS)
 
-# The fast loop (units and in-process trainings on tiny data, one worker per core); test-all adds the command line,
+# One worker per core. The fast loop: units and in-process trainings on tiny data; test-all adds the command line,
 # sweeps, DDP, signals, servers and the browser, and prints line coverage of src/ (what CI runs).
 test: install
 	$(PY) -m pytest -q -m "not slow" -n auto $(ARGS)
 
 test-all: install
-	$(PY) -m pytest -q --cov --cov-report=term $(ARGS)
+	$(PY) -m pytest -q -n auto --cov --cov-report=term $(ARGS)
 
 # The MLflow UI for the project's store (or STORE=...), on loopback only: prints the links that open the
 # runs table, then serves the store with one worker (starts in seconds).

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, unmeasured_env
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +17,7 @@ def test_benchmark_smoke(tiny_data, tmp_path):
     out = tmp_path / "epoch.json"
     r = subprocess.run([sys.executable, "benchmarks/bench.py", "--quick", "--epochs", "2", "--data-dir", str(tiny_data),
                         "--out", str(out), "--override", "data.val_size=100"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+                       cwd=ROOT, capture_output=True, text=True, env=unmeasured_env(), timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     report = json.loads(out.read_text())
     assert set(report["epoch"]) == {"plain_autograd", "plain_analytic", "ours_nn", "ours_scratch", "ours_nn_speed",

@@ -21,7 +21,8 @@ def test_ddp_cpu_keeps_replicas_identical_and_logs_once(tiny_data, tmp_path, imp
                  "~callbacks.progress_bar",
                  "callbacks.initial_checkpoint._target_=ddp_helpers.LateRankOneInitialCheckpoint",
                  "+callbacks.replicas._target_=softmax_lab.trainer.callbacks.ReplicaCheck",
-                 f"+callbacks.replicas.path={check}", f"hydra.run.dir={tmp_path / 'run'}"], env=env, timeout=180)
+                 f"+callbacks.replicas.path={check}", f"hydra.run.dir={tmp_path / 'run'}"], env=env, timeout=180,
+                measured=True)
     assert r.returncode == 0, r.stdout + r.stderr
     world, diff = check.read_text().split()
     assert world == "2" and float(diff) == 0.0
@@ -35,7 +36,7 @@ def test_ddp_cpu_divergence_stops_every_process_with_one_message_and_a_failed_ru
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     r = run_cli(["impl=scratch", "trainer=ddp_cpu", "loss=mse", "optimizer.lr=1e6", f"data.data_dir={tiny_data}",
                  "data.val_size=100", "trainer.max_epochs=30", "trainer.enable_progress_bar=false",
-                 f"hydra.run.dir={tmp_path / 'run'}"], env=env, timeout=180)
+                 f"hydra.run.dir={tmp_path / 'run'}"], env=env, timeout=180, measured=True)
     out = r.stdout + r.stderr
     assert r.returncode == 1 and "Traceback" not in out, out
     assert out.count("training diverged") == 1, out

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, mlflow_runs
+from conftest import ROOT, mlflow_runs, unmeasured_env
 from softmax_lab.errors import RunInterrupted, StorageError, TrackingError
 from softmax_lab.jobs.train_job import train
 from softmax_lab.signals import INTERRUPTS, protected
@@ -80,7 +80,8 @@ def test_another_applications_sqlite_file_is_refused_untouched(make_cfg, tmp_pat
 def test_many_processes_starting_on_one_fresh_store_all_connect(tmp_path):
     code = ("import sys; sys.path.insert(0, 'src'); from softmax_lab.tracking.store import connect; "
             f"print(connect('sqlite:///{tmp_path / 'fresh.db'}', 'fashion-mnist-softmax')[1])")
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=unmeasured_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE,
                               text=True) for _ in range(4)]
     outs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, [e[-500:] for _, e in outs]

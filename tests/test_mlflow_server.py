@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, unmeasured_env
 from softmax_lab.jobs.train_job import train
 
 pytestmark = pytest.mark.slow
@@ -61,7 +61,7 @@ def test_the_ui_server_serves_the_run_with_its_pictures(make_cfg, tmp_path, caps
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=ROOT, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        cwd=ROOT, env=unmeasured_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -90,3 +90,21 @@ def test_resuming_into_something_else_is_refused_before_any_run(make_cfg, tmp_pa
     with pytest.raises(CheckpointError, match=says):
         train(make_cfg("trainer.max_epochs=3", change, f"ckpt_path={ckpt}"))
     assert not (tmp_path / "mlflow.db").exists() and len(mlflow_runs(store)[1]) == 1
+
+
+def test_a_checkpoint_from_before_the_package_had_parts_evaluates_and_resumes(make_cfg, tmp_path, tiny_data):
+    from conftest import compose
+    from softmax_lab.jobs.eval_job import evaluate
+
+    cfg = make_cfg("trainer.max_epochs=1", "logger=none", "loss=huber")
+    train(cfg)
+    ckpt = torch.load(last(cfg), weights_only=True)
+    assert ckpt["hyper_parameters"]["loss"]["_target_"] == "softmax_lab.maths.losses.Huber"
+    ckpt["hyper_parameters"]["loss"]["_target_"] = "softmax_lab.losses.Huber"  # as e95ee49 and before wrote it
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    results = [evaluate(compose([f"ckpt_path={path}", f"data_dir={tiny_data}", "logger=none"], tmp_path / name,
+                                config_name="eval")) for name, path in (("now", last(cfg)), ("before", old))]
+    assert results[0]["test/loss"] == results[1]["test/loss"] and results[0]["test/acc"] == results[1]["test/acc"]
+    train(make_cfg("trainer.max_epochs=2", "logger=none", "loss=huber", f"ckpt_path={old}"))  # resumes, not refused
+    assert torch.load(last(cfg), weights_only=True)["epoch"] == 1

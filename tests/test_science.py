@@ -139,7 +139,7 @@ def test_predict_names_the_class_of_image_files_of_any_size_and_mode(trained, tm
     x = load_image(folder / "c1_light_bg.jpg")  # a light background is inverted: the object light on black
     assert x.shape == (28, 28) and x[:2].mean() < 0.1 and x[4:6].mean() > 0.7
     r = run_cli([f"ckpt_path={trained}", f"images={folder}", f"hydra.run.dir={tmp_path / 'out'}"],
-                script="src/predict.py")
+                script="src/predict.py", measured=True)
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "Traceback" not in out, out
     printed = out.splitlines()
@@ -170,7 +170,7 @@ def test_predict_resizes_a_large_photo_like_image(tmp_path):
 @pytest.mark.slow
 def test_predict_test_images_draws_the_textbook_grid(trained, tmp_path, tiny_data):
     r = run_cli([f"ckpt_path={trained}", "images=test:12", f"data_dir={tiny_data}", f"hydra.run.dir={tmp_path}"],
-                script="src/predict.py")
+                script="src/predict.py", measured=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("test image ") == 12 and " of 12 right" in r.stdout
     assert Image.open(tmp_path / "predictions.png").size == (1350, 380)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from softmax_lab.errors import ConfigError
+from softmax_lab.errors import ConfigError, UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: conf/, src/, outputs/
 CONFIG_DIR = PROJECT_ROOT / "conf"
@@ -15,6 +15,20 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+
+
+def instantiate_checked(node, **kwargs):
+    """hydra.utils.instantiate, with a mistake the target refuses (a UserError) raised as itself: Hydra's
+    InstantiationException around it would add only its call site to the one-line message."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__  # noqa: B904 (the user's error is the whole story; its own cause is kept)
+        raise
 
 
 def compose(overrides: list[str], output_dir: str | Path, config_name: str = "train") -> DictConfig:
@@ -115,7 +129,7 @@ def _optimizer_faults(optimizer) -> list[str]:
     try:
         cls = get_class(target)
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "params"}
-    except Exception:
+    except (ImportError, AttributeError, ValueError, TypeError):  # no such class, or not a class with a signature
         return [f"optimizer._target_={target!r} is not an optimizer class (e.g. optimizer=sgd or optimizer=adam)"]
     faults = []
     unknown = sorted(k for k in optimizer if k != "_target_" and k not in accepted)

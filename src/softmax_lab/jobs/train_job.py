@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from softmax_lab.config import validate_config
+from softmax_lab.config import instantiate_checked, validate_config
 from softmax_lab.errors import WRITE_ERRNOS, ConfigError, RunInterrupted, StorageError
 from softmax_lab.jobs.naming import hydra_context, run_name
 from softmax_lab.jobs.resume import Resume
@@ -94,9 +94,10 @@ def build_run(cfg: DictConfig, overrides: list[str] = ()) -> TrainingRun:
     validate_config(cfg)
     flags = plan(cfg.trainer, cfg.model.impl, cfg.data.batches_per_step, cfg.callbacks)
     pl.seed_everything(cfg.seed, verbose=False)
-    datamodule = instantiate(cfg.data, **flags.data, _convert_="all")  # plain values: they go into checkpoints
-    module = instantiate(cfg.model, num_inputs=datamodule.num_inputs, num_classes=datamodule.num_classes,
-                         class_names=datamodule.class_names, **flags.module, _recursive_=False, _convert_="all")
+    datamodule = instantiate_checked(cfg.data, **flags.data, _convert_="all")  # plain values: into checkpoints
+    module = instantiate_checked(cfg.model, num_inputs=datamodule.num_inputs, num_classes=datamodule.num_classes,
+                                 class_names=datamodule.class_names, **flags.module, _recursive_=False,
+                                 _convert_="all")
     trainer = make_trainer(cfg.trainer, flags.trainer, make_callbacks(cfg))
     check_trainer(trainer, flags, cfg.model.impl)
     loss_name = name_of(cfg.loss._target_)

@@ -41,7 +41,7 @@ def scratch_sgd(params: list[torch.Tensor], optimizer: dict) -> ScratchSGD:
     """impl=scratch's hand-written SGD with the optimizer config's options; ConfigError for what it cannot take."""
     try:
         is_sgd = issubclass(get_class(optimizer["_target_"]), torch.optim.SGD)
-    except (ImportError, ValueError, TypeError):
+    except (ImportError, AttributeError, ValueError, TypeError):  # not a class hydra can locate
         is_sgd = False
     if not is_sgd:
         raise ConfigError(f"impl=scratch trains with its own hand-written SGD, so optimizer={optimizer['_target_']} "
