@@ -21,9 +21,18 @@ from softmax_lab.data.idx import FILES  # noqa: E402
 from softmax_lab.data.locate import SYSTEM_DIR  # noqa: E402
 
 torch.set_num_threads(1)  # tiny tensors: threads cost more than they give
+# ... and so in every process a test starts (the CLIs, sweeps, DDP ranks): two xdist workers on two cores, each
+# with a child of two spinning OpenMP threads, would oversubscribe the machine. A user's own setting wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # What a test run needs no sight of: no progress bar, the CPU whatever the machine has
 QUIET = ["trainer.enable_progress_bar=false", "~callbacks.progress_bar", "trainer.accelerator=cpu"]
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tests (seconds to a minute each) first, the quick ones after: xdist's workers then end together
+    on short tests instead of one waiting for the other's last long one. Each group keeps its order."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:

@@ -22,7 +22,7 @@ def test_ddp_cpu_keeps_replicas_identical_and_logs_once(tiny_data, tmp_path, imp
                  "callbacks.initial_checkpoint._target_=ddp_helpers.LateRankOneInitialCheckpoint",
                  "+callbacks.replicas._target_=softmax_lab.trainer.callbacks.ReplicaCheck",
                  f"+callbacks.replicas.path={check}", f"hydra.run.dir={tmp_path / 'run'}"], env=env, timeout=180,
-                measured=True)
+                measured=impl == "nn")  # coverage traces one of the two: it slows both ranks
     assert r.returncode == 0, r.stdout + r.stderr
     world, diff = check.read_text().split()
     assert world == "2" and float(diff) == 0.0
