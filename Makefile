@@ -30,7 +30,7 @@ test: install
 	$(PY) -m pytest -q -m "not slow" -n auto $(ARGS)
 
 test-all: install
-	$(PY) -m pytest -q -n auto --cov --cov-report=term $(ARGS)
+	$(PY) -m pytest -q -n auto --cov --cov-report=term --durations=15 $(ARGS)
 
 # The MLflow UI for the project's store (or STORE=...), on loopback only: prints the links that open the
 # runs table, then serves the store with one worker (starts in seconds).
