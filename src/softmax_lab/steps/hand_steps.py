@@ -19,6 +19,7 @@ uses: the parameters, the loss, the optimizer, the guard.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,7 +43,7 @@ def window_mean(losses: list[torch.Tensor]) -> torch.Tensor:
     return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
 
-class HandSteps:
+class HandSteps(ABC):
     """One impl's SGD steps: `minibatch(X, y, last_of_epoch)` per minibatch.
 
     optimizer: Lightning's wrapper of the optimizer; average(loss, grads): the DDP average (steps/replicas.py);
@@ -74,17 +75,21 @@ class HandSteps:
 
     # impl-specific: the minibatch's loss and gradients, clipping, the update
 
+    @abstractmethod
     def forward_backward(self, X, y, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """The minibatch's loss (times `scale`) and logits; its gradients added to the window's."""
 
+    @abstractmethod
     def grads(self) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """The window's gradients, one tensor per parameter, in the parameters' order."""
 
+    @abstractmethod
     def clip(self, grads: list[torch.Tensor]) -> None:
-        raise NotImplementedError
+        """Clip `grads` in place by the rules' value and algorithm, as Lightning does."""
 
+    @abstractmethod
     def update(self, grads: list[torch.Tensor]) -> None:
-        raise NotImplementedError
+        """Take the SGD step with `grads` and clear them for the next window."""
 
 
 class ScratchSteps(HandSteps):
