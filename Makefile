@@ -40,9 +40,12 @@ ui: install
 bench: install
 	$(PY) benchmarks/bench.py $(ARGS)
 
-# The loss zoo (docs/loss_zoo.png): each loss, its likelihood and gradient, from src/softmax_lab/maths/losses.py.
+# The loss zoo (docs/loss_zoo.png): each loss, its likelihood and gradient, from src/softmax_lab/maths/losses.py;
+# the stability edge of each loss and sharpness over training (docs/sharpness.md, docs/sharpness.png; real data,
+# about 15 minutes on 2 cores).
 figures: install
-	$(PY) -m softmax_lab.pictures.loss_zoo $(ARGS)
+	$(PY) -m softmax_lab.pictures.loss_zoo
+	$(PY) -m softmax_lab.pictures.sharpness_curves $(ARGS)
 
 lint: install
 	$(PY) -m ruff check src tests benchmarks

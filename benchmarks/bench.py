@@ -5,7 +5,7 @@ In one process, on the same in-memory batches (batch 256, the 55k training split
                   cross-entropy and SGD: the d2l chapter's pipeline
   plain_autograd  a plain torch loop: nn.Linear + F.cross_entropy + autograd + torch.optim.SGD
   plain_analytic  the same loop with this project's analytic gradient and SGD step
-  ours_nn/scratch src/train.py's train() with everything a user gets: Trainer, DataModule, metrics,
+  ours_nn/scratch/func  src/train.py's train() with everything a user gets: Trainer, DataModule, metrics,
                   checkpoints, progress bar and MLflow logging (into a temporary store), in the default
                   mode (Lightning's own step semantics) and, as *_speed, in the speed mode
                   (data.batches_per_step=8)
@@ -169,8 +169,10 @@ def main() -> None:
                  "plain_analytic": lambda: plain_analytic(X, y, epochs),
                  "ours_nn": lambda: ours("nn", epochs, store, overrides),
                  "ours_scratch": lambda: ours("scratch", epochs, store, overrides),
+                 "ours_func": lambda: ours("func", epochs, store, overrides),
                  "ours_nn_speed": lambda: ours("nn", epochs, store, speed),
-                 "ours_scratch_speed": lambda: ours("scratch", epochs, store, speed)}
+                 "ours_scratch_speed": lambda: ours("scratch", epochs, store, speed),
+                 "ours_func_speed": lambda: ours("func", epochs, store, speed)}
     rounds = [{k: run() for k, run in pipelines.items()} for _ in range(1 if a.quick else 3)]
     results = {k: min((r[k] for r in rounds), key=median_after_warmup) for k in pipelines}
     if not a.quick:
@@ -181,8 +183,9 @@ def main() -> None:
     table = {k: {"median_epoch_s": round(median_after_warmup(v), 4),
                  "ratio_vs_plain": round(median_after_warmup(v) / base, 2), "epochs": len(v)}
              for k, v in results.items()}
+    func_vs_nn = round(median_after_warmup(results["ours_func"]) / median_after_warmup(results["ours_nn"]), 2)
     report = {"device": "cpu", "threads": torch.get_num_threads(), "batch_size": BATCH, "overrides": a.override,
-              "epoch": table}
+              "epoch": table, "func_vs_nn_epoch": func_vs_nn}
     if not a.quick:  # smaller commands first: ru_maxrss of children is the largest so far
         for mode, extra in (("default", []), ("speed", ["data.batches_per_step=8"])):
             for impl in ("nn", "scratch"):
@@ -192,9 +195,10 @@ def main() -> None:
             sweep = ["-m", "loss=ce,mse,margin,huber", "impl=scratch,nn", *extra, f"hydra.sweep.dir={tmp / mode}"]
             report[f"e2e_sweep_8_jobs_{mode}"] = timed_process(sweep, store)
 
-    print(f"\n{'pipeline':16s} {'median epoch s':>15s} {'x plain loop':>13s}")
+    print(f"\n{'pipeline':18s} {'median epoch s':>15s} {'x plain loop':>13s}")
     for k, v in table.items():
-        print(f"{k:16s} {v['median_epoch_s']:15.3f} {v['ratio_vs_plain']:13.2f}")
+        print(f"{k:18s} {v['median_epoch_s']:15.3f} {v['ratio_vs_plain']:13.2f}")
+    print(f"impl=func's epoch / impl=nn's: {func_vs_nn} (target: <= 1.2)")
     for k, v in report.items():
         if k.startswith("e2e_"):
             print(f"{k}: {v['wall_s']} s wall, peak {v['peak_rss_mb']} MB")

@@ -33,7 +33,7 @@ def test_a_lightning_that_injects_no_counters_refuses_the_speed_mode_before_any_
     fit_only(make_cfg("data.batches_per_step=1", "logger=none"))  # the default mode does not depend on them
 
 
-@pytest.mark.parametrize("impl", ["scratch", "nn"])
+@pytest.mark.parametrize("impl", ["scratch", "nn", "func"])
 def test_bare_and_public_steps_train_the_same_model(make_cfg, impl, monkeypatch):
     from softmax_lab.steps import lightning_module
 

@@ -52,7 +52,8 @@ def test_eval_and_predict_keys_get_one_message(tmp_path, script, args, says):
     assert r.returncode == 1 and says in out and "Traceback" not in out, out
 
 
-@pytest.mark.parametrize("override, options", [("loss=hinge", "bce ce huber l1 margin mse"), ("impl=jax", "nn scratch"),
+@pytest.mark.parametrize("override, options", [("loss=hinge", "bce ce huber l1 margin mse"),
+                                               ("impl=jax", "func nn scratch"),
                                                ("optimizer=lbfgs", "adam sgd")])
 def test_unknown_choices_list_the_options(tmp_path, override, options):
     r = run_cli([override, f"hydra.run.dir={tmp_path}"])  # Hydra's own message: unmeasured (run_cli)

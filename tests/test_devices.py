@@ -12,7 +12,7 @@ from softmax_lab.data.batches import TensorBatches
 from softmax_lab.maths.losses import LOSSES
 from softmax_lab.maths.sgd import clip_
 from softmax_lab.steps.divergence import DivergenceGuard
-from softmax_lab.steps.hand_steps import LightningSteps, NNSteps, ScratchSteps, StepRules
+from softmax_lab.steps.hand_steps import FuncSteps, LightningSteps, NNSteps, ScratchSteps, StepRules
 from softmax_lab.steps.lightning_module import SoftmaxRegressionModule
 from softmax_lab.steps.train_totals import TrainTotals
 from softmax_lab.trainer.epoch_record import EpochRecorder
@@ -66,8 +66,9 @@ def module_on_meta(impl: str, loss: str) -> SoftmaxRegressionModule:
 def hand_steps(module, guard, noted):
     common = {"rules": StepRules(accumulate=2, clip_val=0.5), "average": lambda loss, grads: loss, "guard": guard,
               "after_step": noted.append}
-    if module.impl == "scratch":
-        return ScratchSteps(module.net, module.loss_fn, module.sgd, optimizer=CountingOptimizer(), **common)
+    if module.impl in ("scratch", "func"):
+        cls = ScratchSteps if module.impl == "scratch" else FuncSteps
+        return cls(module.net, module.loss_fn, module.sgd, optimizer=CountingOptimizer(), **common)
     optimizer = torch.optim.SGD(module.net.parameters(), lr=0.1, momentum=0.9)
     return NNSteps(module.net, module.loss_fn, backward=torch.Tensor.backward,
                    clip_gradients=lambda opt, gradient_clip_val, gradient_clip_algorithm: clip_(
@@ -75,15 +76,16 @@ def hand_steps(module, guard, noted):
                    optimizer=optimizer, **common)
 
 
-@pytest.mark.parametrize("impl", ["scratch", "nn"])
+@pytest.mark.parametrize("impl", ["scratch", "nn", "func"])
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_train_and_eval_steps_stay_on_the_device_without_float64(impl, loss):
     module = module_on_meta(impl, loss)
     X, y = torch.rand(8, 784, device=META), torch.randint(0, 10, (8,), device=META)
     guard = DivergenceGuard(META, advice=lambda first: "", step_of=lambda: 3, deferred=True)
     noted, totals = [], TrainTotals()
-    # torch has no meta kernel for F.multi_margin_loss's backward: nn's margin is checked up to its forward
-    backward = not (impl == "nn" and loss == "margin")
+    # torch has no meta kernel for F.multi_margin_loss's backward: autograd's margin (nn, func) is checked up to
+    # its forward
+    backward = not (impl in ("nn", "func") and loss == "margin")
     with OneDevice(), NoFloat64(), HostReads():
         totals.reset(META)
         if backward:

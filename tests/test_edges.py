@@ -140,7 +140,7 @@ def test_checkpoints_are_written_whole_or_not_at_all(tmp_path):
     (["loss=mse", "optimizer.lr=1e6"], "Likely cause: the learning rate. Try a smaller learning rate than "
                                        "optimizer.lr=1e+06"),
     (["optimizer.weight_decay=1e4", "data.batch_size=50"], "Likely cause: weight decay. "
-                                                           "optimizer.weight_decay=10000 x optimizer.lr=0.3"),
+                                                           "optimizer.weight_decay=10000 x optimizer.lr=0.15"),
     (["loss=margin", "loss.margin=1e38"], "Likely cause: the loss's own settings or the data, since it was not "
                                           "finite before the first update (loss.margin=1e+38: try values near 1)"),
 ])

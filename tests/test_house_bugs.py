@@ -250,7 +250,7 @@ def test_bug7_bf16_mixed_scratch_gradients_are_float32_as_autograds_are(loss):
 # 8. Float64 metric states and .double() calls broke on accelerators without float64 (MPS)
 
 
-@pytest.mark.parametrize("impl", ["scratch", "nn"])
+@pytest.mark.parametrize("impl", ["scratch", "nn", "func"])
 def test_bug8_nothing_on_the_device_is_float64(impl):
     from softmax_lab.steps.lightning_module import SoftmaxRegressionModule
     from softmax_lab.steps.train_totals import TrainTotals

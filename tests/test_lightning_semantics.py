@@ -20,7 +20,7 @@ SPEED = ["data.batches_per_step=3"]
 
 
 @pytest.mark.parametrize("mode", [[], SPEED], ids=["default", "speed"])
-@pytest.mark.parametrize("impl", ["scratch", "nn"])
+@pytest.mark.parametrize("impl", ["scratch", "nn", "func"])
 @pytest.mark.parametrize("flags, steps", [
     (["+trainer.limit_train_batches=3"], 6),
     (["+trainer.limit_train_batches=0.45"], 8),  # int(10 x 0.45) = 4 an epoch
@@ -43,7 +43,7 @@ def test_both_impls_in_both_modes_train_the_same_model(make_cfg, recipe):
     common = ["logger=none", *B50, "+trainer.precision=64-true", "optimizer.momentum=0.9",
               "optimizer.weight_decay=1e-3", "loss=huber", *recipe]
     runs = {(impl, bps): make_cfg(f"impl={impl}", f"data.batches_per_step={bps}", *common)
-            for impl in ("nn", "scratch") for bps in (1, 3)}
+            for impl in ("nn", "scratch", "func") for bps in (1, 3)}
     for (impl, bps), cfg in runs.items():
         cfg.paths.output_dir += f"-{impl}-{bps}"
         fit_only(cfg)
@@ -114,7 +114,7 @@ def test_early_stopping_stops_as_lightning_documents(make_cfg):
     assert last_ckpt(cfg)["global_step"] == 20  # epoch 1 sets the best, epoch 2 fails to beat it by 1.0: stop
 
 
-@pytest.mark.parametrize("impl", ["scratch", "nn"])
+@pytest.mark.parametrize("impl", ["scratch", "nn", "func"])
 @pytest.mark.parametrize("precision", ["64-true", "bf16-mixed"])
 def test_precision_plugins_train_test_and_draw(make_cfg, impl, precision):
     cfg = make_cfg(f"impl={impl}", "logger=none", f"+trainer.precision={precision}")
@@ -147,6 +147,8 @@ def test_log_every_n_steps_zero_logs_no_step_losses_as_in_lightning(make_cfg, tm
     (SPEED + ["+trainer.overfit_batches=2"], "trainer.overfit_batches=2 counts Lightning steps"),
     (SPEED + ["+callbacks.model_checkpoint.every_n_train_steps=5"], "every_n_train_steps=5"),
     (["impl=scratch", "+trainer.precision=16-mixed"], "trainer.precision=16-mixed cannot be honoured by impl=scratch"),
+    (["impl=func", "+trainer.precision=16-mixed"], "trainer.precision=16-mixed cannot be honoured by impl=func"),
+    (["impl=func", "trainer.devices=2"], "which cannot train impl=func (it has no autograd parameters)"),
     (["impl=scratch", "trainer.devices=2"], "DDPStrategy with 2 process(es) wraps the model"),
     (["impl=scratch", "+trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 is not allowed"),
     (["impl=scratch", "+trainer.gradient_clip_algorithm=max"], "trainer.gradient_clip_algorithm='max'"),

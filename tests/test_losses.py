@@ -87,16 +87,3 @@ def test_softmax_is_shift_invariant_and_sums_to_one():
 def test_unknown_on_mode_is_refused():
     with pytest.raises(ValueError, match="loss.on='sigmoid'"):
         SquaredError(on="sigmoid")
-
-
-def test_two_class_cross_entropy_is_logistic_regression():
-    # data.classes=[a,b]: softmax over two logits is the sigmoid of their difference s = o_1 - o_0, so the
-    # cross-entropy is the logistic loss of s, and its gradient moves o_1 and o_0 by equal and opposite amounts
-    O, y = batch(2.0, C=2)
-    s = O[:, 1] - O[:, 0]
-    torch.testing.assert_close(softmax(O)[:, 1], torch.sigmoid(s))
-    torch.testing.assert_close(CrossEntropy().value(O, y),
-                               torch.nn.functional.binary_cross_entropy_with_logits(s, y.double()))
-    G = CrossEntropy().grad(O, y)
-    torch.testing.assert_close(G[:, 1], (torch.sigmoid(s) - y) / len(y))
-    torch.testing.assert_close(G[:, 0], -G[:, 1])

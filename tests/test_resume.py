@@ -80,7 +80,7 @@ def one_epoch(tiny_data, tmp_path_factory):
 
 @pytest.mark.parametrize("change, says", [
     ("optimizer=adam", "was trained with optimizer=SGD"),
-    ("optimizer.lr=0.05", "optimizer.lr=0.3"),
+    ("optimizer.lr=0.05", "optimizer.lr=0.15"),
     ("loss=mse", "was trained with loss=CrossEntropy"),
     ("data.batch_size=64", "was trained with data.batch_size=256"),
     ("seed=7", "data.shuffle_seed=42"),

@@ -55,7 +55,7 @@ def test_scratch_and_nn_train_to_the_same_model(make_cfg):
 
 def test_explicit_lr_wins_over_the_loss_default(make_cfg):
     assert make_cfg("loss=mse").optimizer.lr == 0.01
-    assert make_cfg("loss=ce").optimizer.lr == 0.3
+    assert make_cfg("loss=ce").optimizer.lr == 0.15
     assert make_cfg("loss=mse", "optimizer.lr=0.05").optimizer.lr == 0.05
     assert make_cfg("loss=mse", "optimizer=adam").optimizer.lr == 0.001
 

@@ -59,6 +59,10 @@ class Loss(ABC):
         """(value, grad) in one pass where the two share work (the training step of impl=scratch)."""
         return self.value(O, y), self.grad(O, y)
 
+    def twice_differentiable_value(self, O, y):
+        """The loss in a form autograd differentiates twice (maths/sharpness.py): torch's own by default."""
+        return self.torch_value(O, y)
+
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in vars(self).items() if k != "default_lr")
         return f"{type(self).__name__}({opts})"
@@ -105,7 +109,9 @@ class _OnOneHot(Loss):
 
     def grad(self, O, y):
         P = self._outputs(O)
-        G = self.per_sample_grad(P - onehot(y, O.shape[1], O.dtype)) / len(O)
+        # x fl(1/n) rather than / n: rounded as autograd's gradient of `sum / n` is, so on the logits the impls
+        # take bit-identical steps
+        G = self.per_sample_grad(P - onehot(y, O.shape[1], O.dtype)) * (1.0 / len(O))
         return softmax_backward(P, G) if self.on == "probs" else G
 
     def torch_value(self, O, y):
@@ -181,12 +187,22 @@ class Margin(Loss):
         return self._slack(O, y).clamp(min=0).sum(dim=1).mean()
 
     def grad(self, O, y):
+        # rounded as torch's multi_margin_loss backward is, times C as in torch_value, so the impls take bit-identical
+        # steps: each violator gets g = fl(1/(nC)); the true class -g once per violator, added one at a time
+        n, C = O.shape
         V = (self._slack(O, y) > 0).to(O.dtype)  # violators
-        G = V.scatter(1, y[:, None], -V.sum(dim=1, keepdim=True))
-        return G / len(O)
+        g = O.new_full((), 1.0 / (n * C))
+        running = [O.new_zeros(())]  # running[k]: k violators' g added one by one, in O's precision
+        for _ in range(C - 1):
+            running.append(running[-1] + g)
+        target = torch.stack(running)[V.sum(dim=1).long()]
+        return (V * g).scatter(1, y[:, None], -target[:, None]) * C
 
     def torch_value(self, O, y):
         return F.multi_margin_loss(O, y, margin=self.margin) * O.shape[1]  # torch divides by C
+
+    def twice_differentiable_value(self, O, y):
+        return self.value(O, y)  # torch's multi_margin_loss has no double backward
 
 
 class BinaryCrossEntropy(Loss):

@@ -15,7 +15,7 @@ def initial_weights(num_inputs: int, num_classes: int, init_std: float) -> tuple
 
 
 class ScratchSoftmaxRegression(nn.Module):
-    """O = XW + b with W: (inputs, classes). No layers, no autograd.
+    """O = XW + b with W: (inputs, classes). No layers, no autograd (impl=scratch; impl=func keeps its W, b here).
 
     An nn.Module only as a container, so Lightning saves W and b in checkpoints and moves them
     between devices; the parameters never require gradients.
@@ -53,6 +53,6 @@ def make_nn_model(num_inputs: int = 784, num_classes: int = 10, init_std: float 
 
 def linear_weights(state_dict: dict, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(W, b) of a module's state dict, W as (inputs, classes), whichever implementation saved it."""
-    if impl == "scratch":
+    if impl in ("scratch", "func"):
         return state_dict["net.W"], state_dict["net.b"]
     return state_dict["net.1.weight"].T, state_dict["net.1.bias"]

@@ -1,7 +1,7 @@
 """SGD steps the module takes itself, under Lightning's manual optimisation.
 
-impl=scratch always steps here (no autograd, no torch.optim); impl=nn steps here only in the speed
-mode (data.batches_per_step > 1): by default Lightning's automatic optimisation steps it. Each step
+impl=scratch (no autograd, no torch.optim) and impl=func (torch.func) always step here; impl=nn steps here
+only in the speed mode (data.batches_per_step > 1): by default Lightning's automatic optimisation steps it. Each step
 repeats what Lightning's automatic optimisation does, in its order, so a flag means the same in every
 mode (trainer/flags.py moves those flags here):
 
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from softmax_lab.maths.functional import loss_grads, sgd_update
 from softmax_lab.maths.sgd import clip_
 from softmax_lab.steps.bare_steps import count_step
 
@@ -128,12 +129,42 @@ class ScratchSteps(HandSteps):
 
     @torch.no_grad()
     def update(self, grads):
-        self.sgd.step(self.params, grads)
+        self.descend(grads)
         self._grads = None
         if self.bare:
             count_step(self.optimizer)
         else:
             self.optimizer.step()  # Lightning's stand-in optimizer: runs the step hooks and counts the step
+
+    def descend(self, grads):
+        self.sgd.step(self.params, grads)
+
+
+class FuncSteps(ScratchSteps):
+    """impl=func: the gradient a function transform (torch.func.grad_and_value) of the pure loss of maths/functional.py,
+    the update the pure sgd_update, whose new parameters (and velocities) are copied into the module's tensors.
+    Accumulation, DDP averaging and clipping act on the returned gradients as for impl=scratch."""
+
+    def forward_backward(self, X, y, scale):
+        params = {"W": self.net.W, "b": self.net.b}
+        grads, (_, (loss, O)) = loss_grads(params, X, y, self.loss_fn, scale)
+        if self._grads is None:
+            self._grads = [grads["W"], grads["b"]]
+        else:
+            for acc, g in zip(self._grads, (grads["W"], grads["b"]), strict=True):
+                acc.add_(g)  # as autograd accumulates into .grad
+        return loss, O
+
+    def descend(self, grads):
+        sgd = self.sgd
+        params, named = {"W": self.net.W, "b": self.net.b}, {"W": grads[0], "b": grads[1]}
+        velocity = {"W": sgd.velocity0, "b": sgd.velocity1} if sgd.momentum else None
+        new_params, new_velocity = sgd_update(params, named, velocity, sgd.lr, sgd.momentum, sgd.weight_decay,
+                                              sgd.nesterov)
+        for k in params:  # the module's tensors hold the new values: Lightning checkpoints and moves them
+            params[k].copy_(new_params[k])
+            if velocity is not None:
+                velocity[k].copy_(new_velocity[k])
 
 
 class NNSteps(HandSteps):

@@ -4,6 +4,8 @@ impl="nn":      nn.Sequential(Flatten, Linear), the loss's torch.nn.functional f
                 optimizer under Lightning's automatic optimisation (one minibatch per Lightning step).
 impl="scratch": W, b, the loss's formula and analytic gradient, a hand-written SGD (hand_steps.py),
                 under manual optimisation.
+impl="func":    the same W, b, as a parameter dict of pure functions (maths/functional.py): the loss's
+                torch.nn.functional form differentiated by torch.func, a pure SGD update; manual optimisation.
 In the speed mode (batches_per_step > 1) a Lightning step carries several minibatches and both
 implementations step by hand (hand_steps.py), one SGD step per minibatch.
 
@@ -29,7 +31,7 @@ from softmax_lab.maths.softmax_regression import ScratchSoftmaxRegression, make_
 from softmax_lab.steps.bare_steps import step_hooks_in_use
 from softmax_lab.steps.divergence import DivergenceGuard, likely_cause
 from softmax_lab.steps.eval_hooks import EvalHooks
-from softmax_lab.steps.hand_steps import LightningSteps, NNSteps, ScratchSteps, StepRules
+from softmax_lab.steps.hand_steps import FuncSteps, LightningSteps, NNSteps, ScratchSteps, StepRules
 from softmax_lab.steps.replicas import averager, broadcast_parameters, wrapped_by_ddp
 from softmax_lab.steps.train_totals import TrainTotals
 
@@ -37,19 +39,20 @@ DEFAULT_LOSS = {"_target_": "softmax_lab.maths.losses.CrossEntropy"}
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.SGD", "lr": 0.1}
 
 
-def scratch_sgd(params: list[torch.Tensor], optimizer: dict) -> ScratchSGD:
-    """impl=scratch's hand-written SGD with the optimizer config's options; ConfigError for what it cannot take."""
+def scratch_sgd(params: list[torch.Tensor], optimizer: dict, impl: str = "scratch") -> ScratchSGD:
+    """The SGD of impl=scratch and impl=func (its options, and its velocities as buffers, so checkpoints carry them)
+    from the optimizer config; ConfigError for what it cannot take."""
     try:
         is_sgd = issubclass(get_class(optimizer["_target_"]), torch.optim.SGD)
     except (ImportError, AttributeError, ValueError, TypeError):  # not a class hydra can locate
         is_sgd = False
     if not is_sgd:
-        raise ConfigError(f"impl=scratch trains with its own hand-written SGD, so optimizer={optimizer['_target_']} "
+        raise ConfigError(f"impl={impl} trains with its own SGD, so optimizer={optimizer['_target_']} "
                           "cannot be used. Fix: optimizer=sgd, or impl=nn to use any torch.optim optimizer.")
     extra = set(optimizer) - set(ScratchSGD.OPTIONS) - {"_target_"}
     if extra:
         supported = ", ".join(sorted(ScratchSGD.OPTIONS))
-        raise ConfigError(f"impl=scratch's SGD supports optimizer.{{{supported}}}; got also "
+        raise ConfigError(f"impl={impl}'s SGD supports optimizer.{{{supported}}}; got also "
                           f"{', '.join('optimizer.' + k for k in sorted(extra))}. Fix: remove them, or use impl=nn.")
     return ScratchSGD(params, **{k: v for k, v in optimizer.items() if k in ScratchSGD.OPTIONS})
 
@@ -73,13 +76,13 @@ class SoftmaxRegressionModule(EvalHooks, pl.LightningModule):
         loss, optimizer = dict(loss or DEFAULT_LOSS), dict(optimizer or DEFAULT_OPTIMIZER)
         self.save_hyperparameters(logger=False)  # the arguments as they are now: plain values
         self.loss_fn = instantiate(loss)
-        if impl == "scratch":
+        if impl in ("scratch", "func"):  # func keeps the same W, b (no autograd) and SGD options and velocities
             self.net = ScratchSoftmaxRegression(num_inputs, num_classes, init_std)
-            self.sgd = scratch_sgd([self.net.W, self.net.b], optimizer)
+            self.sgd = scratch_sgd([self.net.W, self.net.b], optimizer, impl)
         elif impl == "nn":
             self.net = make_nn_model(num_inputs, num_classes, init_std)
         else:
-            raise ConfigError(f"impl={impl!r}: expected 'scratch' or 'nn'.")
+            raise ConfigError(f"impl={impl!r}: expected 'scratch', 'nn' or 'func'.")
         self.impl, self.group = impl, batches_per_step
         self.rules = StepRules(accumulate_grad_batches, gradient_clip_val or None, gradient_clip_algorithm)
         self.automatic_optimization = impl == "nn" and batches_per_step == 1  # else by hand: hand_steps.py
@@ -95,7 +98,7 @@ class SoftmaxRegressionModule(EvalHooks, pl.LightningModule):
         return self.net(X)
 
     def configure_optimizers(self):
-        if self.impl == "scratch":
+        if self.impl != "nn":
             return None  # Lightning's stand-in optimizer: its step() runs the step hooks and counts the step
         return instantiate(self.hparams.optimizer, params=self.parameters())
 
@@ -114,8 +117,11 @@ class SoftmaxRegressionModule(EvalHooks, pl.LightningModule):
             return
         common.update(rules=self.rules, optimizer=self.optimizers(),
                       bare=self.group > 1 and not step_hooks_in_use(self.trainer))  # the speed mode: bare_steps.py
-        self.steps = ScratchSteps(self.net, self.loss_fn, self.sgd, **common) if self.impl == "scratch" else \
-            NNSteps(self.net, self.loss_fn, self.manual_backward, self.clip_gradients, **common)
+        if self.impl == "nn":
+            self.steps = NNSteps(self.net, self.loss_fn, self.manual_backward, self.clip_gradients, **common)
+        else:
+            self.steps = (FuncSteps if self.impl == "func" else ScratchSteps)(self.net, self.loss_fn, self.sgd,
+                                                                              **common)
 
     def training_step(self, batch, batch_idx):
         if self.automatic_optimization:  # Lightning backpropagates, accumulates, clips and steps

@@ -2,10 +2,11 @@
 
 Default mode (data.batches_per_step=1), one minibatch per Lightning step:
   impl=nn       automatic optimisation: every flag is Lightning's own.
-  impl=scratch  manual optimisation (no autograd), where Lightning refuses accumulate_grad_batches and
+  impl=scratch, impl=func  manual optimisation (no autograd parameters), where Lightning refuses
+                accumulate_grad_batches and
                 gradient_clip_val: the module honours both by hand, as Lightning's automatic loop would
                 (steps/hand_steps.py). Every flag that counts batches or steps is Lightning's own.
-Speed mode (data.batches_per_step=N>1), N minibatches per Lightning step, both impls by hand:
+Speed mode (data.batches_per_step=N>1), N minibatches per Lightning step, every impl by hand:
   honoured in SGD steps: accumulate_grad_batches and gradient clipping (the module), max_steps and
   fast_dev_run (the module stops mid-group), limit_train_batches (the loader counts minibatches),
   log_every_n_steps (logging counts SGD steps); epoch-based flags are unaffected;
@@ -45,7 +46,7 @@ def _number(v) -> bool:
 
 
 def _hand_flags(t: Mapping, impl: str, speed: bool) -> dict:
-    who = "impl=scratch" if impl == "scratch" else "the speed mode (data.batches_per_step>1)"
+    who = f"impl={impl}" if impl != "nn" else "the speed mode (data.batches_per_step>1)"
     acc = t.get("accumulate_grad_batches", 1)
     if not (isinstance(acc, int) and not isinstance(acc, bool) and acc >= 1):
         raise ConfigError(f"trainer.accumulate_grad_batches={acc!r} is not allowed: expected an integer >= 1 "
@@ -97,7 +98,7 @@ def plan(trainer_cfg, impl: str, batches_per_step: int, callbacks_cfg) -> FlagPl
     cbs = OmegaConf.to_container(callbacks_cfg, resolve=True) if OmegaConf.is_config(callbacks_cfg) else \
         dict(callbacks_cfg or {})
     speed = batches_per_step > 1
-    out = FlagPlan(module={"batches_per_step": batches_per_step}, by_hand=impl == "scratch" or speed)
+    out = FlagPlan(module={"batches_per_step": batches_per_step}, by_hand=impl != "nn" or speed)
     if out.by_hand:
         out.module.update(_hand_flags(t, impl, speed))
         out.trainer.update(accumulate_grad_batches=1, gradient_clip_val=None, gradient_clip_algorithm=None)
@@ -117,7 +118,7 @@ def check_trainer(trainer, plan: FlagPlan, impl: str) -> None:
 
     strategy = trainer.strategy
     if plan.by_hand and isinstance(strategy, LightningDDP) and not isinstance(strategy, DDPStrategy):
-        what = "impl=scratch (it has no autograd parameters)" if impl == "scratch" else \
+        what = f"impl={impl} (it has no autograd parameters)" if impl != "nn" else \
             "the speed mode (several backward passes per forward)"
         raise ConfigError(f"trainer: {type(strategy).__name__} with {trainer.world_size} process(es) wraps the model "
                           f"in DistributedDataParallel, which cannot train {what}. Fix: trainer=ddp (GPUs) or "
