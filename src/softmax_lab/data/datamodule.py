@@ -42,6 +42,7 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.mean, self.std = 0.0, 1.0
         self.located_dir: Path | None = None  # where the files were found (a run's tag)
+        self.located_files: dict[str, Path] = {}  # the four IDX files (the run's dataset inputs)
 
     @property
     def side(self) -> int:
@@ -67,7 +68,7 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         if self.splits:
             return
         paths = locate_fashion_mnist(self.data_dir, self.download)
-        self.located_dir = paths["train_images"].parent
+        self.located_dir, self.located_files = paths["train_images"].parent, dict(paths)
         self.splits, self.mean, self.std = prepare_splits(paths, self.val_size, self.split_seed, self.normalize,
                                                           self.resize, tuple(self.classes) if self.classes else None)
 

@@ -142,7 +142,19 @@ def _train(cfg: DictConfig, stack: contextlib.ExitStack) -> dict[str, float]:
         print(f"resuming {resume.path}: {resume.epochs_done} epoch(s) done, continuing in {run.run_dir}", flush=True)
     params = run_params(cfg, run.loss_name, ctx.get("choices"))
     last = run.run_dir / "checkpoints" / "last.ckpt"
-    resume_hint = " ".join([o for o in run.overrides if not o.startswith("ckpt_path=")] + [f"ckpt_path={last}"])
+    command = " ".join(["python src/train.py", *[o for o in run.overrides if not o.startswith("ckpt_path=")],
+                        f"ckpt_path={last}"])
+
+    def resume_hint() -> str:
+        """A killed run's description: how far it got and the command that continues it."""
+        epochs = cfg.trainer.max_epochs
+        done = f"{len(run.recorder.history)} of {epochs} epochs" if epochs and epochs > 0 else \
+            f"{len(run.recorder.history)} epochs"
+        if not last.exists():
+            return (f"after {done} (step {run.trainer.global_step}), before its first checkpoint: nothing to resume "
+                    "from. Run the same command again.")
+        return (f"after {done} (step {run.trainer.global_step}). What it measured until then is kept. Resume it "
+                f"from its last checkpoint: `{command}`")
     try:
         with recorded_run(run.tracker, run.name, tags, resume.run_id if resume else None, resume_hint):
             return fit_test_record(run, params)
@@ -169,12 +181,16 @@ def fit_test_record(run: TrainingRun, params: dict[str, str]) -> dict[str, float
         for path in write_run_config(run.run_dir, cfg, run.overrides):
             tracker.log_artifact(path)
     tracker.log_params(params)
+    if cfg.ckpt_path is None:  # a resumed run holds its inputs already
+        tracker.log_datasets(datamodule)
     trainer.logger = tracker.lightning_logger()
     trainer.callbacks.extend(tracker.callbacks())
     checkpointing = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = scalars(trainer.callback_metrics)
     best = checkpointing.best_model_path if checkpointing is not None else ""
+    if tracker.enabled and trainer.is_global_zero and not trainer.fast_dev_run:
+        tracker.start_model(run.name, params)  # the test metrics are logged linked to the run's model
     trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
     metrics.update(scalars(trainer.callback_metrics))
     if trainer.fast_dev_run:
@@ -187,7 +203,8 @@ def fit_test_record(run: TrainingRun, params: dict[str, str]) -> dict[str, float
         if tracker.enabled:  # the best checkpoint's weights: test() loaded them
             classifier = classifier_of(module.state_dict(), module.impl, datamodule.class_names, datamodule.resize,
                                        datamodule.mean, datamodule.std)
-            tracker.log_model(classifier, model_example(datamodule), params, module.global_step)
+            tracker.log_model(classifier, model_example(datamodule), module.global_step,
+                              {k: v for k, v in metrics.items() if k.startswith("test/")})
         if best:
             tracker.log_artifact(Path(best), "checkpoints")
         tracker.set_description(run_description(run.name, metrics, history, tracker.model_uri, best, run.run_dir))

@@ -9,12 +9,14 @@ the message still names the first bad step.
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import torch
 
 from softmax_lab.errors import DivergenceError
 
 READ_EVERY = 8
+CURVE = 64  # the last losses kept, so a diverged run's record shows its blow-up
 
 
 def likely_cause(optimizer: dict, loss: dict, before_any_step: bool) -> str:
@@ -38,15 +40,21 @@ class DivergenceGuard:
     """check(loss) at every SGD step; read() where the host may wait (deferred mode only).
 
     `step_of()` gives the SGD step about to be taken (1-based, the metrics' step axis); it is asked only
-    when needed (a divergence, or the deferred mode's note), not at every step."""
+    when needed (a divergence, or the deferred mode's note), not at every step. The last CURVE losses are
+    kept (on the device in the deferred mode) and handed to `on_divergence([(step, loss), ...])` before the
+    DivergenceError is raised: the run's record then holds the blow-up, even before its first logged step."""
 
-    def __init__(self, device: torch.device, advice, step_of, deferred: bool | None = None):
+    def __init__(self, device: torch.device, advice, step_of, deferred: bool | None = None, on_divergence=None):
         self.deferred = device.type != "cpu" if deferred is None else deferred
         self.advice = advice  # (before_any_step: bool) -> str
         self.step_of = step_of
+        self.on_divergence = on_divergence
         self.epoch = 0
         self._noted = torch.tensor([-1.0, 0.0], device=device)  # (first bad step or -1, its loss)
         self._unread = 0
+        self._recent: deque[float] = deque(maxlen=CURVE)  # the CPU's losses, as read
+        self._ring = torch.full((CURVE,), float("nan"), device=device) if self.deferred else None
+        self._ring_steps: deque[int] = deque(maxlen=CURVE)  # the deferred mode's steps of the ring's losses
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -56,11 +64,15 @@ class DivergenceGuard:
         """`loss` is the loss the coming SGD step is about to use."""
         if not self.deferred:
             value = loss.item()  # free on the CPU; cheaper than torch.isfinite
+            self._recent.append(value)
             if not math.isfinite(value):
                 step = self.step_of()
+                self._diverged([(step - len(self._recent) + 1 + i, v) for i, v in enumerate(self._recent)])
                 raise DivergenceError(value, self.epoch, step, self.advice(step == 1))
             return
         step = self.step_of()
+        self._ring[step % CURVE] = loss.detach().float()  # on the device: no host sync
+        self._ring_steps.append(step)
         first = (self._noted[0] < 0) & ~torch.isfinite(loss)  # noted without a host sync
         self._noted[0] = torch.where(first, float(step), self._noted[0])
         self._noted[1] = torch.where(first, loss.detach().float(), self._noted[1])
@@ -73,4 +85,10 @@ class DivergenceGuard:
         self._unread = 0
         step, value = self._noted.tolist()
         if step >= 0:
+            ring = self._ring.tolist()
+            self._diverged([(s, ring[s % CURVE]) for s in self._ring_steps if s <= step])
             raise DivergenceError(value, self.epoch, int(step), self.advice(step == 1))
+
+    def _diverged(self, curve: list[tuple[int, float]]) -> None:
+        if self.on_divergence is not None:
+            self.on_divergence(curve)

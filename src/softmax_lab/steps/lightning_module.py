@@ -107,7 +107,7 @@ class SoftmaxRegressionModule(EvalHooks, pl.LightningModule):
             broadcast_parameters(self.trainer, list(self.net.parameters()))  # replicas identical by construction
         advice = lambda first: likely_cause(self.hparams.optimizer, self.hparams.loss, first)  # noqa: E731
         self.guard = DivergenceGuard(self.device, advice, lambda: self.global_step + 1,
-                                     deferred=self.divergence_deferred)
+                                     deferred=self.divergence_deferred, on_divergence=self.log_divergence)
 
     def on_train_start(self) -> None:
         """The step objects, given what they use (steps/hand_steps.py)."""
@@ -152,6 +152,12 @@ class SoftmaxRegressionModule(EvalHooks, pl.LightningModule):
         step, every = self.global_step, self.trainer.log_every_n_steps
         if every and step % every == 0 and self.loggers:  # 0: never, as Lightning's log_every_n_steps=0
             self.totals.note_step_loss(step, loss)
+
+    def log_divergence(self, curve: list[tuple[int, float]]) -> None:
+        """The losses up to a divergence, as train/loss_step at their steps: the failed run shows its blow-up."""
+        for logger in self.loggers:
+            for step, loss in curve:
+                logger.log_metrics({"train/loss_step": loss}, step=step)
 
     def on_train_epoch_start(self) -> None:
         self.totals.reset(self.device)

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from softmax_lab.tracking.run_fields import readable
 from softmax_lab.tracking.store import store_write
 
 
@@ -27,6 +28,7 @@ class BufferedMlflowLogger(MLFlowLogger):
         self.store_uri = kwargs["tracking_uri"]
         self._buffer = []
         self._logged_until = logged_until or {}
+        self.model_id: str | None = None  # set before the test pass: test/* metrics are linked to the run's model
 
     def log_hyperparams(self, params) -> None:
         pass
@@ -39,7 +41,8 @@ class BufferedMlflowLogger(MLFlowLogger):
         for k, v in metrics.items():
             if isinstance(v, str) or step <= self._logged_until.get(k, -1):
                 continue
-            self._buffer.append(Metric(key=k, value=float(v), timestamp=now, step=step))
+            model_id = self.model_id if k.startswith("test/") else None
+            self._buffer.append(Metric(key=k, value=readable(v), timestamp=now, step=step, model_id=model_id))
 
     def flush(self) -> None:
         while self._buffer:

@@ -69,24 +69,49 @@ def mlflow_advice_filtered():
         logger.removeFilter(hide)
 
 
-def log_model(client, run_id: str, experiment_id: str, classifier: LinearClassifier, example: np.ndarray,
-              params: dict[str, str], step: int, registered_model_name: str | None = None) -> str:
-    """Log the classifier as the run's model, listed under the experiment's Logged models; its `models:/` URI.
-    `example`: float32 (n, 784) test images as the model takes them."""
+def model_name(run_name: str, run_id: str) -> str:
+    """The logged model's name: its run's, made valid (MLflow refuses / : . % and quotes in one), and the run id's
+    first 8 characters, so two runs of one config stay apart on the Models page."""
+    valid = "".join("_" if c in "/:.%\"'" else c for c in run_name)
+    return f"{valid} ({run_id[:8]})"
+
+
+def start_model(run_id: str, experiment_id: str, run_name: str, params: dict[str, str]) -> str:
+    """Create the run's logged model (PENDING) before its test pass, so the test metrics are logged linked to it;
+    its id. Named after the run (model_name), its loss and impl as tags."""
+    tags = {k: params[k] for k in ("loss", "impl") if k in params}
+    # Created for our run explicitly: the fluent `mlflow.start_run` would set the run's status on exit
+    return mlflow.initialize_logged_model(name=model_name(run_name, run_id), source_run_id=run_id,
+                                          experiment_id=experiment_id, params=params, tags=tags,
+                                          model_type="softmax-regression").model_id
+
+
+def log_model(client, run_id: str, model_id: str, classifier: LinearClassifier, example: np.ndarray, step: int,
+              metrics: dict[str, float], registered_model_name: str | None = None) -> str:
+    """Save the classifier into the logged model `model_id` (start_model) and list it as the run's output; its
+    `models:/` URI. A registered version (logger.registered_model_name) gets the model's tags, `metrics` as tags
+    and a description. `example`: float32 (n, 784) test images as the model takes them."""
     from mlflow.entities import LoggedModelOutput
     from mlflow.models import infer_signature
 
-    model = SoftmaxRegressionPyfunc(classifier)
+    from softmax_lab.tracking.run_fields import readable
+
+    model, logged = SoftmaxRegressionPyfunc(classifier), mlflow.get_logged_model(model_id)
     with mlflow_advice_filtered():
         signature = infer_signature(example, model.predict(None, example))
-        # Created for our run explicitly: the fluent `mlflow.start_run` would set the run's status on exit
-        logged = mlflow.initialize_logged_model(name="model", source_run_id=run_id, experiment_id=experiment_id,
-                                                params=params, model_type="softmax-regression")
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=model, signature=signature, input_example=example, model_id=logged.model_id,
+            name=logged.name, python_model=model, signature=signature, input_example=example, model_id=model_id,
             registered_model_name=registered_model_name, await_registration_for=0,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy",
                               "pandas"],
             code_paths=[str(Path(__file__).parents[1])])  # the package travels with the model
-    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=step)])
+    client.log_outputs(run_id, [LoggedModelOutput(model_id, step=step)])
+    if registered_model_name and info.registered_model_version is not None:
+        version, tags = str(info.registered_model_version), {k: logged.tags[k] for k in ("loss", "impl")
+                                                              if k in logged.tags}
+        for k, v in {**tags, **{k: f"{readable(v):g}" for k, v in metrics.items()}}.items():
+            client.set_model_version_tag(registered_model_name, version, k, v)
+        client.update_model_version(registered_model_name, version, description=(
+            f"{logged.name}: " + ", ".join(f"{k} {readable(v):.4f}" for k, v in metrics.items())
+            + f". Trained by run {run_id} (" + ", ".join(f"{k}={v}" for k, v in tags.items()) + ")."))
     return info.model_uri

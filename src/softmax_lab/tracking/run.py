@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -16,6 +17,7 @@ from softmax_lab.errors import RunInterrupted, TrackingError, UserError
 from softmax_lab.signals import protected
 from softmax_lab.tracking.logger import BufferedMlflowLogger, FlushMetrics
 from softmax_lab.tracking.run_fields import MAX_TAG_VALUE
+from softmax_lab.tracking.run_model import RunModel
 from softmax_lab.tracking.store import connect, first_line, store_errors, store_write
 from softmax_lab.tracking.sweep_jobs import PARENT_RUN_ENV
 from softmax_lab.tracking.uris import browse_hint, redact, resolve_tracking_uri
@@ -29,8 +31,8 @@ def no_answer(uri: str, run_id: str, e: BaseException) -> TrackingError:
                          "the store answers.")
 
 
-class MlflowTracker:
-    """One MLflow run per training or evaluation job (conf/logger/mlflow.yaml)."""
+class MlflowTracker(RunModel):
+    """One MLflow run per training or evaluation job (conf/logger/mlflow.yaml); its model: RunModel."""
 
     enabled = True
 
@@ -39,7 +41,7 @@ class MlflowTracker:
         self.uri = resolve_tracking_uri(tracking_uri)
         self.experiment_name, self.run_name = experiment_name, run_name
         self.registered_model_name = registered_model_name
-        self.client = self.experiment_id = self.run_id = self.logger = self.model_uri = None
+        self.client = self.experiment_id = self.run_id = self.logger = None
         self.logged_until: dict[str, int] = {}  # a reopened run: the last step of each metric it holds
 
     def connect(self) -> None:
@@ -96,6 +98,12 @@ class MlflowTracker:
             if changed:
                 self.client.set_tag(self.run_id, "resumed_with", " ".join(f"{k}={v}" for k, v in changed.items()))
 
+    def log_datasets(self, datamodule) -> None:
+        from softmax_lab.tracking.datasets import dataset_inputs
+
+        with store_write(self.uri):
+            self.client.log_inputs(self.run_id, datasets=dataset_inputs(datamodule))
+
     def lightning_logger(self) -> BufferedMlflowLogger:
         self.logger = BufferedMlflowLogger(experiment_name=self.experiment_name, tracking_uri=self.uri,
                                            run_id=self.run_id, logged_until=self.logged_until)
@@ -107,14 +115,6 @@ class MlflowTracker:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         with store_write(self.uri):
             self.client.log_artifact(self.run_id, str(path), artifact_path)
-
-    def log_model(self, classifier, example, params: dict[str, str], step: int) -> str:
-        from softmax_lab.tracking.pyfunc_model import log_model
-
-        with store_write(self.uri):
-            self.model_uri = log_model(self.client, self.run_id, self.experiment_id, classifier, example, params,
-                                       step, self.registered_model_name)
-        return self.model_uri
 
     def set_description(self, markdown: str) -> None:
         with store_write(self.uri):
@@ -133,6 +133,8 @@ class MlflowTracker:
             writes.append(lambda: self.client.set_tag(self.run_id, "failure_reason", reason[:MAX_TAG_VALUE]))
         if description:
             writes.append(lambda: self.set_description(description))
+        if self.model_pending():  # the run ended before its model was saved
+            writes.append(self.fail_model)
         for write in writes:
             try:
                 with protected():
@@ -165,6 +167,8 @@ class NoTracking:
 
     def log_params(self, params) -> None: ...
 
+    def log_datasets(self, datamodule) -> None: ...
+
     def lightning_logger(self):
         return False
 
@@ -173,7 +177,9 @@ class NoTracking:
 
     def log_artifact(self, path, artifact_path=None) -> None: ...
 
-    def log_model(self, classifier, example, params, step) -> None: ...
+    def start_model(self, run_name, params) -> None: ...
+
+    def log_model(self, classifier, example, step, metrics) -> None: ...
 
     def set_description(self, markdown: str) -> None: ...
 
@@ -186,10 +192,12 @@ class NoTracking:
         return ""
 
 
-def _outcome_description(status: str, reason: str | None, resume_hint: str | None) -> str | None:
+def _outcome_description(status: str, reason: str | None, resume_hint: Callable[[], str | None] | None) -> str | None:
     if status == "KILLED":
-        how = f"`python src/train.py {resume_hint}`" if resume_hint else "its run dir's `checkpoints/last.ckpt`"
-        return f"**KILLED** ({reason}). What it measured until then is kept. Resume it: {how}."
+        hint = resume_hint() if resume_hint is not None else None
+        if hint is None:
+            return f"**KILLED** ({reason}). What it measured until then is kept."
+        return f"**KILLED** ({reason}) {hint}"
     if status == "FAILED":
         return f"**FAILED**: {reason}"
     return None
@@ -197,9 +205,10 @@ def _outcome_description(status: str, reason: str | None, resume_hint: str | Non
 
 @contextlib.contextmanager
 def recorded_run(tracker, name: str, tags: dict[str, str], resume_run_id: str | None = None,
-                 resume_hint: str | None = None):
+                 resume_hint: Callable[[], str | None] | None = None):
     """Start (or reopen) the run; on the way out its status tells the truth: FINISHED, FAILED (the reason as
-    the `failure_reason` tag and the description) or KILLED. Whatever was logged before is written."""
+    the `failure_reason` tag and the description) or KILLED, described by `resume_hint()` (how far it got and
+    how to go on). Whatever was logged before is written."""
     tracker.start_run(name, tags, resume_run_id)
     status, reason = "FAILED", None
     try:

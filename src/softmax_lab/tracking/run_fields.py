@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import getpass
+import math
 import os
 import subprocess
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from softmax_lab.config import PROJECT_ROOT
@@ -15,6 +17,14 @@ MAX_TAG_VALUE = 5000
 # Not settings to compare: paths, display switches, what the code builds itself (tags or config.yaml have them)
 NOT_PARAMS = {"_target_", "default_lr", "data_dir", "download", "shuffle_seed", "default_root_dir",
               "enable_progress_bar", "enable_model_summary", "enable_checkpointing", "callbacks", "plugins", "logger"}
+
+
+def readable(value: float) -> float:
+    """A number as people read it: a float32 value (what a float32 tensor's .item() gives) as the shortest decimal
+    that is that float32, 0.843999981880188 -> 0.844; any other number unchanged."""
+    value = float(value)
+    v32 = np.float32(value)
+    return float(str(v32)) if math.isfinite(value) and float(v32) == value else value
 
 
 def git_state() -> dict[str, str]:

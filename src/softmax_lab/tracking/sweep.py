@@ -22,7 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from softmax_lab.signals import protected
-from softmax_lab.tracking.run_fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, source_tags
+from softmax_lab.tracking.run_fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, readable, source_tags
 from softmax_lab.tracking.store import connect
 from softmax_lab.tracking.sweep_jobs import PARENT_RUN_ENV, SWEPT_KEYS_ENV
 from softmax_lab.tracking.sweep_summary import (
@@ -113,13 +113,15 @@ class MlflowSweepCallback(Callback):
             for p in files:
                 self.client.log_artifact(pid, str(p), "summary")
             tags = {"jobs": len(rows), "failed_jobs": FAILED_JOBS,
-                    "mlflow.note.content": parent_description(rows, best, FAILED_JOBS)[:MAX_TAG_VALUE]}
+                    "mlflow.note.content": parent_description(rows, best, FAILED_JOBS,
+                                                              self.experiment_id)[:MAX_TAG_VALUE]}
             if best is not None:
                 tags.update(best_job=best["job"], best_run_id=best["run_id"], best_overrides=best["overrides"])
-                values = {"val/acc_best": best["val_acc_best"], "test/acc": best["test_acc"],
-                          "test/ece": best["test_ece"], "test/nll": best["test_nll"]}
+                # under their own names: as test/acc etc. the parent would be one more point in every compare chart
+                values = {"best/val_acc_best": best["val_acc_best"], "best/test_acc": best["test_acc"],
+                          "best/test_ece": best["test_ece"], "best/test_nll": best["test_nll"]}
                 now = int(time.time() * 1000)
-                self.client.log_batch(pid, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()
+                self.client.log_batch(pid, metrics=[Metric(k, readable(v), now, 0) for k, v in values.items()
                                                     if v is not None])
             for k, v in tags.items():
                 self.client.set_tag(pid, k, str(v))

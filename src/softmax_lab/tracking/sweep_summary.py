@@ -86,9 +86,19 @@ def write_summary(rows: list[dict], sweep_dir: Path) -> list[Path]:
             sweep_chart(rows, sweep_dir / "sweep_summary.png")]
 
 
-def parent_description(rows: list[dict], best: dict | None, failed: int) -> str:
+def parent_description(rows: list[dict], best: dict | None, failed: int, experiment_id: str | None = None) -> str:
+    """The parent run's description: the result, a link to the best job's run, the table without the overrides
+    that every job shares (said once above it)."""
     head = f"**Sweep of {len(rows)} jobs, {failed} not finished.**"
     if best is not None:
-        head += (f" Best: job {best['job']} `{best['overrides']}` with val/acc_best {best['val_acc_best']:.4f} and "
+        job = f"job {best['job']}"
+        if best.get("run_id") and experiment_id is not None:
+            job = f"[{job}](#/experiments/{experiment_id}/runs/{best['run_id']})"
+        head += (f" Best: {job} `{best['overrides']}` with val/acc_best {best['val_acc_best']:.4f} and "
                  f"test/acc {best['test_acc']:.4f}.")
+    tokens = [r["overrides"].split() for r in rows]
+    shared = [t for t in tokens[0] if all(t in ts for ts in tokens)] if len(rows) > 1 else []
+    if shared:
+        head += f"\n\nEvery job: `{' '.join(shared)}`."
+        rows = [{**r, "overrides": " ".join(t for t in r["overrides"].split() if t not in shared)} for r in rows]
     return head + "\n\n" + markdown_table(rows)
