@@ -20,8 +20,9 @@ def test_benchmark_smoke(tiny_data, tmp_path):
                        cwd=ROOT, capture_output=True, text=True, env=unmeasured_env(), timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert set(report["epoch"]) == {"plain_autograd", "plain_analytic", "ours_nn", "ours_scratch", "ours_nn_speed",
-                                      "ours_scratch_speed"}
+    assert set(report["epoch"]) == {"plain_autograd", "plain_analytic", "ours_nn", "ours_scratch", "ours_func",
+                                      "ours_nn_speed", "ours_scratch_speed", "ours_func_speed"}
+    assert report["func_vs_nn_epoch"] > 0
     assert report["epoch"]["plain_autograd"]["ratio_vs_plain"] == 1.0
     assert all(v["median_epoch_s"] > 0 and v["epochs"] == 2 for v in report["epoch"].values())
     assert "ours_scratch" in r.stdout

@@ -244,6 +244,7 @@ def test_make_ui_binds_loopback_only_and_prints_the_runs_link(tmp_path, monkeypa
     monkeypatch.setattr(ui.os, "execve", lambda exe, argv, env: launched.append(argv))
     ui.main(["--store", store, "--port", "5123"])
     printed = capsys.readouterr().out
-    assert f"http://127.0.0.1:5123/#/experiments/{experiment_id}/runs?workflowType=machine_learning" in printed
+    assert (f"http://127.0.0.1:5123/#/experiments/{experiment_id}/runs?viewStateShareKey=softmax-lab"
+            "&workflowType=machine_learning") in printed
     argv = launched[0]
     assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--workers") + 1] == "1"

@@ -49,7 +49,8 @@ def test_a_run_records_clean_numbers_its_datasets_and_a_named_model_with_its_tes
     assert len(client.get_metric_history(rid, "test/acc")) == 1
     models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
     assert [m.name for m in models] == [model_name(run.info.run_name, rid)] == [f"loss=ce impl=func ({rid[:8]})"]
-    assert model_name("loss=ce impl=nn optimizer.lr=0.05", "abcdef123") == "loss=ce impl=nn optimizer_lr=0_05 (abcdef12)"
+    assert model_name("loss=ce impl=nn optimizer.lr=0.05", "abcdef123") == \
+        "loss=ce impl=nn optimizer_lr=0_05 (abcdef12)"
     assert models[0].tags["loss"] == "ce" and models[0].tags["impl"] == "func"
     linked = {m.key: m.value for m in models[0].metrics}
     assert linked["test/acc"] == run.data.metrics["test/acc"] and "test/ece" in linked and "val/acc" not in linked

@@ -1,5 +1,6 @@
 """The module's validation and test passes: metrics summed on the device, read once per pass (maths/metrics.py),
-logged at the SGD step; the best validation accuracy so far; the test results the run's pictures draw."""
+validation's logged at the SGD step, the test's at step 0 (one number per run); the best validation accuracy so
+far; the test results the run's pictures draw."""
 
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ class EvalHooks:
         self.test_metrics.reset()
         metrics = {f"test/{k}": r[k] for k in TEST_KEYS}
         self.log_dict(metrics, logger=False)
-        self.log_at_step(metrics)
+        for logger in self.loggers:  # one number per run at step 0: MLflow charts a metric with no step >= 1 as bars
+            logger.log_metrics(metrics, step=0)
         self.test_results = {**metrics, "confusion": r["confusion"], "per_class_acc": r["per_class_acc"],
                              "bins": {k: r[k] for k in ("bin_count", "bin_acc", "bin_conf")}}

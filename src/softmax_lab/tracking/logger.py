@@ -28,6 +28,7 @@ class BufferedMlflowLogger(MLFlowLogger):
         self.store_uri = kwargs["tracking_uri"]
         self._buffer = []
         self._logged_until = logged_until or {}
+        self._trained = False  # whether this process logged anything past the resumed run's steps
         self.model_id: str | None = None  # set before the test pass: test/* metrics are linked to the run's model
 
     def log_hyperparams(self, params) -> None:
@@ -39,8 +40,9 @@ class BufferedMlflowLogger(MLFlowLogger):
 
         now, step = int(time.time() * 1000), step or 0
         for k, v in metrics.items():
-            if isinstance(v, str) or step <= self._logged_until.get(k, -1):
-                continue
+            if isinstance(v, str) or step <= self._logged_until.get(k, -1) and (step > 0 or not self._trained):
+                continue  # logged before the resume; a step-0 result (test/*) again only if training went on
+            self._trained = self._trained or step > 0
             model_id = self.model_id if k.startswith("test/") else None
             self._buffer.append(Metric(key=k, value=readable(v), timestamp=now, step=step, model_id=model_id))
 

@@ -17,7 +17,7 @@ from filelock import FileLock
 
 from softmax_lab.errors import TrackingError
 from softmax_lab.signals import protected
-from softmax_lab.tracking.uris import artifact_location_for, redact, sqlite_path
+from softmax_lab.tracking.uris import artifact_location_for, redact, runs_view, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +123,21 @@ def new_sqlite_store(db: Path) -> None:
 
 
 def ensure_experiment(client, name: str, uri: str) -> str:
-    """The experiment's id, creating it (with its artifact location) if needed."""
+    """The experiment's id, creating it (with its artifact location) if needed, with the runs table's view that
+    the printed links open (uris.runs_view)."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            raise TrackingError(f"experiment {name!r} is deleted in {redact(uri)}. Fix: restore it in the UI "
-                                "(or `mlflow experiments restore`), or choose logger.experiment_name=<another>.")
-        return exp.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location_for(uri))
+    if exp is None:
+        experiment_id = client.create_experiment(name, artifact_location=artifact_location_for(uri))
+        tags = {}
+    elif exp.lifecycle_stage == "deleted":
+        raise TrackingError(f"experiment {name!r} is deleted in {redact(uri)}. Fix: restore it in the UI "
+                            "(or `mlflow experiments restore`), or choose logger.experiment_name=<another>.")
+    else:
+        experiment_id, tags = exp.experiment_id, exp.tags
+    key, view = runs_view()
+    if tags.get(key) != view:
+        client.set_experiment_tag(experiment_id, key, view)
+    return experiment_id
 
 
 def connect(uri: str, experiment_name: str):

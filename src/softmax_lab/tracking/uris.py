@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -9,6 +10,20 @@ from urllib.parse import urlsplit, urlunsplit
 from softmax_lab.config import PROJECT_ROOT
 
 UI_VIEW = "workflowType=machine_learning"  # MLflow 3's UI opens its GenAI view without it
+# The runs table's columns and order cannot be set by a URL; MLflow's "shared view" can: an experiment tag
+# mlflow.sharedViewState.<key> holding the view as JSON, opened by ?viewStateShareKey=<key> (MLflow 3.17's UI)
+VIEW_KEY = "softmax-lab"
+RUNS_COLUMNS = ["tags.`loss`", "tags.`impl`", "params.`optimizer.lr`", "metrics.`val/acc_best`", "metrics.`test/acc`",
+                "metrics.`test/ece`"]
+
+
+def runs_view() -> tuple[str, str]:
+    """(tag key, JSON): the runs table with loss, impl, optimizer.lr, val/acc_best, test/acc and test/ece as
+    columns, best test accuracy first."""
+    view = {"searchFilter": "", "orderByKey": "metrics.`test/acc`", "orderByAsc": False, "startTime": "ALL",
+            "lifecycleFilter": "Active", "modelVersionFilter": "All Runs", "datasetsFilter": [],
+            "selectedColumns": RUNS_COLUMNS}
+    return f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(view)
 
 
 def default_tracking_uri() -> str:
@@ -51,7 +66,7 @@ def ui_base(uri: str, port: int = 5000) -> str:
 
 def runs_url(base: str, experiment_id: str) -> str:
     """The experiment's runs table, in the model-training view even on a browser that never opened MLflow."""
-    return f"{base}/#/experiments/{experiment_id}/runs?{UI_VIEW}"
+    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&{UI_VIEW}"
 
 
 def run_url(base: str, experiment_id: str, run_id: str) -> str:
