@@ -96,7 +96,8 @@ def predict_test_images(cfg, data: dict, classifier: LinearClassifier, spec: str
     names = classifier.class_names
     for i, probs in enumerate(P.numpy()):
         print(prediction_lines(f"test image {i} (true: {names[int(y[i])]})", probs, names, cfg.top_k), flush=True)
-    grid = grids.predictions_grid(X, y, preds, names, out / "predictions.png", cols=min(9, len(X)))
+    grid = grids.predictions_grid(X, y, preds, names, out / "predictions.png", cols=min(9, len(X)),
+                                  confidences=P.max(1).values)
     right = int((preds == y).sum())
     print(f"{right} of {len(X)} right; the grid (true / predicted, mistakes in red): {grid}", flush=True)
     return {"predicted": float(len(X)), "accuracy": right / len(X)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from softmax_lab.pictures.canvas import plt, save
 
@@ -32,18 +33,30 @@ def confusion_matrix(counts, class_names, path: Path, title: str = "Test confusi
 
 
 def learning_curves(history: list[dict], path: Path, title: str = "") -> Path:
-    """Train loss, train acc and val acc per epoch on one axes (d2l Animator)."""
+    """Loss (left axis: train and val) and accuracy (right axis: train and val) per epoch, the best epoch by
+    validation accuracy marked (the checkpoint the test used)."""
     fig, ax = plt.subplots(figsize=(6, 4))
+    acc_ax = ax.twinx()
     epochs = [h["epoch"] + 1 for h in history]
-    for key, style in (("train/loss", "-"), ("train/acc", "m--"), ("val/acc", "g-.")):
+    lines = []
+    for axes, key, style in ((ax, "train/loss", "C0-"), (ax, "val/loss", "C0--"), (acc_ax, "train/acc", "C1-"),
+                             (acc_ax, "val/acc", "C1--")):
         values = [h.get(key, np.nan) for h in history]
-        ax.plot(epochs, values, style, label=key.replace("/", " "), marker="o", markersize=3)
+        lines += axes.plot(epochs, values, style, label=key.replace("/", " "), marker="o", markersize=3)
+    val = [h.get("val/acc", np.nan) for h in history]
+    if not all(np.isnan(val)):
+        best = int(np.nanargmax(val))
+        lines.append(acc_ax.axvline(epochs[best], color="gray", linestyle=":", linewidth=1,
+                                    label=f"best val acc {val[best]:.4f} (epoch {epochs[best]})"))
     ax.set_xlabel("epoch")
+    ax.set_ylabel("loss", color="C0")
+    acc_ax.set_ylabel("accuracy", color="C1")
     ax.set_xlim(0.5, max(epochs + [1]) + 0.5)
     ax.grid(True, alpha=0.3)
-    ax.legend()
-    ax.set_title(title)
-    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.12, top=0.92)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(handles=lines, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncols=3, fontsize=7)  # off the lines
+    ax.set_title(title, fontsize=9)
+    fig.subplots_adjust(left=0.11, right=0.88, bottom=0.27, top=0.92)
     return save(fig, path)
 
 
@@ -87,7 +100,15 @@ def reliability_diagram(bins: dict, ece: float, path: Path, title: str = "") -> 
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.legend(loc="upper left", fontsize=8)
+    # the legend goes where no bar is: upper left for a calibrated model, lower right for an under-confident one
+    # (mse: every prediction below 0.5 confidence), else above the axes
+    left = used & (centers < 0.5)
+    if not np.any(np.maximum(acc, conf)[left] > 0.6):
+        ax.legend(loc="upper left", fontsize=8)
+    elif not np.any(used & (centers > 0.5)):
+        ax.legend(loc="lower right", fontsize=8)
+    else:
+        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.06), ncols=2, fontsize=7)
     ax.set_title((f"{title}: " if title else "") + f"ECE {ece:.4f}", fontsize=9)
     hist.bar(centers, count / max(count.sum(), 1), width, color="C7", edgecolor="white")
     hist.set_xlabel("confidence (softmax probability of the predicted class)")
@@ -123,6 +144,6 @@ def sweep_chart(rows: list[dict], path: Path) -> Path:
     ax.set_ylabel(f"test accuracy (axis from {low:.2f})")
     ax.set_title("Sweep: test accuracy per loss and implementation")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(title="impl", loc="lower right")
+    ax.legend(title="impl", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the axes: never over a bar
     fig.tight_layout()
     return save(fig, path)

@@ -51,10 +51,13 @@ def samples_grid(images, labels, class_names, path: Path) -> Path:
     return image_grid(images, [class_names[int(y)] for y in labels], path, suptitle="Training samples")
 
 
-def predictions_grid(images, labels, preds, class_names, path: Path, cols: int = 9) -> Path:
-    """Test images titled true/predicted; mistakes in red (d2l predict_ch3)."""
-    titles = [f"{class_names[int(t)]}\n{class_names[int(p)]}" for t, p in zip(labels, preds)]
+def predictions_grid(images, labels, preds, class_names, path: Path, cols: int = 9, confidences=None) -> Path:
+    """Test images titled true / predicted with the model's probability for it; mistakes in red (d2l predict_ch3)."""
+    confidences = [None] * len(preds) if confidences is None else [float(c) for c in confidences]
+    titles = [f"{class_names[int(t)]}\n{class_names[int(p)]}" + (f" {c:.0%}" if c is not None else "")
+              for t, p, c in zip(labels, preds, confidences)]
     colors = ["black" if int(t) == int(p) else "red" for t, p in zip(labels, preds)]
     n_wrong = colors.count("red")
+    said = "true / predicted, its probability" if confidences[0] is not None else "true / predicted"
     return image_grid(images, titles, path, rows=-(-len(titles) // cols), cols=cols, title_colors=colors,
-                      suptitle=f"Test predictions (true / predicted): {n_wrong} of {len(titles)} wrong, in red")
+                      suptitle=f"Test predictions ({said}): {n_wrong} of {len(titles)} wrong, in red")

@@ -18,8 +18,9 @@ def write_run_pictures(module, datamodule, history: list[dict], run_dir: Path, t
     paths = [grids.samples_grid(X, y, names, run_dir / "samples.png")]
     X, y = datamodule.images("test", 18)
     with torch.no_grad():  # in the module's precision (trainer.precision=64-true makes it float64)
-        preds = module(datamodule.splits["test"][0][:18].to(module.device, module.dtype)).argmax(1).cpu()
-    paths.append(grids.predictions_grid(X, y, preds, names, run_dir / "predictions.png"))
+        P = module(datamodule.splits["test"][0][:18].to(module.device, module.dtype)).float().softmax(1).cpu()
+    paths.append(grids.predictions_grid(X, y, P.argmax(1), names, run_dir / "predictions.png",
+                                        confidences=P.max(1).values))
     results = module.test_results
     if "confusion" in results:
         paths.append(charts.confusion_matrix(results["confusion"], names, run_dir / "confusion_matrix.png",
