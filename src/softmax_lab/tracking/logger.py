@@ -30,6 +30,7 @@ class BufferedMlflowLogger(MLFlowLogger):
         self._logged_until = logged_until or {}
         self._trained = False  # whether this process logged anything past the resumed run's steps
         self.model_id: str | None = None  # set before the test pass: test/* metrics are linked to the run's model
+        self.test_dataset: tuple[str, str] | None = None  # and to the test split's dataset input (name, digest)
 
     def log_hyperparams(self, params) -> None:
         pass
@@ -43,8 +44,11 @@ class BufferedMlflowLogger(MLFlowLogger):
             if isinstance(v, str) or step <= self._logged_until.get(k, -1) and (step > 0 or not self._trained):
                 continue  # logged before the resume; a step-0 result (test/*) again only if training went on
             self._trained = self._trained or step > 0
-            model_id = self.model_id if k.startswith("test/") else None
-            self._buffer.append(Metric(key=k, value=readable(v), timestamp=now, step=step, model_id=model_id))
+            link = {}
+            if k.startswith("test/") and self.model_id:
+                name, digest = self.test_dataset or (None, None)
+                link = {"model_id": self.model_id, "dataset_name": name, "dataset_digest": digest}
+            self._buffer.append(Metric(key=k, value=readable(v), timestamp=now, step=step, **link))
 
     def flush(self) -> None:
         while self._buffer:

@@ -98,12 +98,6 @@ class MlflowTracker(RunModel):
             if changed:
                 self.client.set_tag(self.run_id, "resumed_with", " ".join(f"{k}={v}" for k, v in changed.items()))
 
-    def log_datasets(self, datamodule) -> None:
-        from softmax_lab.tracking.datasets import dataset_inputs
-
-        with store_write(self.uri):
-            self.client.log_inputs(self.run_id, datasets=dataset_inputs(datamodule))
-
     def lightning_logger(self) -> BufferedMlflowLogger:
         self.logger = BufferedMlflowLogger(experiment_name=self.experiment_name, tracking_uri=self.uri,
                                            run_id=self.run_id, logged_until=self.logged_until)

@@ -1,5 +1,6 @@
-"""The run's model on the experiment's Models page, as a part of the tracker (MlflowTracker): created before the test
-pass so that the test metrics are logged linked to it, saved after it, marked FAILED if the run ends in between."""
+"""The run's data and model, as a part of the tracker (MlflowTracker): the splits as dataset inputs; the model on the
+experiment's Models page, created before the test pass so that the test metrics are logged linked to it (and to the
+test split), saved after it, marked FAILED if the run ends in between."""
 
 from __future__ import annotations
 
@@ -11,6 +12,15 @@ class RunModel:
 
     model_id: str | None = None
     model_uri: str | None = None
+    test_dataset: tuple[str, str] | None = None  # (name, digest) of the test split's dataset input
+
+    def log_datasets(self, datamodule) -> None:
+        from softmax_lab.tracking.datasets import dataset_inputs
+
+        inputs = dataset_inputs(datamodule)  # train, val, test: the test metrics are linked to the last
+        self.test_dataset = (inputs[-1].dataset.name, inputs[-1].dataset.digest)
+        with store_write(self.uri):
+            self.client.log_inputs(self.run_id, datasets=inputs)
 
     def start_model(self, run_name: str, params: dict[str, str]) -> None:
         """Before the test pass: the run's logged model (PENDING), to which the logger links the test metrics."""
@@ -21,8 +31,8 @@ class RunModel:
         mlflow.set_tracking_uri(self.uri)  # MLflow's logged-model calls use the global store
         with store_write(self.uri):
             self.model_id = start_model(self.run_id, self.experiment_id, run_name, params)
-        if self.logger is not None:
-            self.logger.model_id = self.model_id
+        if self.logger is not None:  # the test metrics: linked to the model and to the test split's dataset
+            self.logger.model_id, self.logger.test_dataset = self.model_id, self.test_dataset
 
     def log_model(self, classifier, example, step: int, metrics: dict[str, float]) -> str:
         from softmax_lab.tracking.pyfunc_model import log_model
