@@ -7,7 +7,6 @@ import math
 import os
 import subprocess
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from softmax_lab.config import PROJECT_ROOT
@@ -20,11 +19,10 @@ NOT_PARAMS = {"_target_", "default_lr", "data_dir", "download", "shuffle_seed", 
 
 
 def readable(value: float) -> float:
-    """A number as people read it: a float32 value (what a float32 tensor's .item() gives) as the shortest decimal
-    that is that float32, 0.843999981880188 -> 0.844; any other number unchanged."""
+    """A number as people read it: 7 significant digits, what a float32 holds (a float32 tensor's .item(),
+    0.843999981880188, is 0.844; a float32 sum divided in float64, 1.0755642578125, is 1.075564)."""
     value = float(value)
-    v32 = np.float32(value)
-    return float(str(v32)) if math.isfinite(value) and float(v32) == value else value
+    return float(f"{value:.7g}") if math.isfinite(value) else value
 
 
 def git_state() -> dict[str, str]:
