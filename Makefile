@@ -42,7 +42,7 @@ bench: install
 
 # The loss zoo (docs/loss_zoo.png): each loss, its likelihood and gradient, from src/softmax_lab/maths/losses.py;
 # the stability edge of each loss and sharpness over training (docs/sharpness.md, docs/sharpness.png; real data,
-# about 15 minutes on 2 cores).
+# 5 to 10 minutes on 2 cores).
 figures: install
 	$(PY) -m softmax_lab.pictures.loss_zoo
 	$(PY) -m softmax_lab.pictures.sharpness_curves $(ARGS)

@@ -20,7 +20,7 @@ SPEED = ["data.batches_per_step=3"]
 
 
 @pytest.mark.parametrize("mode", [[], SPEED], ids=["default", "speed"])
-@pytest.mark.parametrize("impl", ["scratch", "nn", "func"])
+@pytest.mark.parametrize("impl", ["scratch", "nn"])  # func steps through scratch's HandSteps: its own test below
 @pytest.mark.parametrize("flags, steps", [
     (["+trainer.limit_train_batches=3"], 6),
     (["+trainer.limit_train_batches=0.45"], 8),  # int(10 x 0.45) = 4 an epoch
@@ -32,6 +32,13 @@ def test_flags_that_count_batches_count_sgd_steps(make_cfg, impl, mode, flags, s
     cfg = make_cfg(f"impl={impl}", "logger=none", *B50, *mode, *flags)
     assert fit_only(cfg).trainer.global_step == steps
     assert last_ckpt(cfg)["global_step"] == steps
+
+
+@pytest.mark.parametrize("mode", [[], SPEED], ids=["default", "speed"])
+def test_func_counts_sgd_steps_as_lightning_does(make_cfg, mode):
+    cfg = make_cfg("impl=func", "logger=none", *B50, *mode, "+trainer.accumulate_grad_batches=4",
+                   "+trainer.max_steps=5", "trainer.max_epochs=5")
+    assert fit_only(cfg).trainer.global_step == 5  # 3 steps an epoch (after 4, 8, 10 minibatches), stopped at 5
 
 
 @pytest.mark.parametrize("recipe", [
@@ -114,8 +121,8 @@ def test_early_stopping_stops_as_lightning_documents(make_cfg):
     assert last_ckpt(cfg)["global_step"] == 20  # epoch 1 sets the best, epoch 2 fails to beat it by 1.0: stop
 
 
-@pytest.mark.parametrize("impl", ["scratch", "nn", "func"])
-@pytest.mark.parametrize("precision", ["64-true", "bf16-mixed"])
+@pytest.mark.parametrize("impl, precision", [(impl, precision) for impl in ("scratch", "nn") for precision in
+                                              ("64-true", "bf16-mixed")] + [("func", "bf16-mixed")])
 def test_precision_plugins_train_test_and_draw(make_cfg, impl, precision):
     cfg = make_cfg(f"impl={impl}", "logger=none", f"+trainer.precision={precision}")
     metrics = train(cfg)

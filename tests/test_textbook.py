@@ -161,7 +161,7 @@ BIT_IDENTICAL = {  # which impls take bit-identical steps; the others agree with
 
 @pytest.mark.slow
 def test_scratch_nn_and_func_train_the_same_weights_from_the_command_line(real_data, tmp_path):
-    epochs = 3
+    epochs = 2
     r = run_cli(["-m", "loss=" + ",".join(sorted(LOSSES)), "impl=scratch,nn,func", f"trainer.max_epochs={epochs}",
                  "logger=none", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}"],
                 timeout=600)
