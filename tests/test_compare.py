@@ -88,4 +88,5 @@ def test_a_sweep_parent_links_its_best_run_and_says_the_shared_overrides_once():
     text = parent_description(rows, rows[0], 0, "3")
     assert "[job 0](#/experiments/3/runs/run0)" in text
     assert "Every job: `trainer.max_epochs=2`." in text
-    assert "| 1 | loss=mse |" in text
+    assert "| **[0](#/experiments/3/runs/run0) best** | loss=ce |" in text
+    assert "| [1](#/experiments/3/runs/run1) | loss=mse |" in text

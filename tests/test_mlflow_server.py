@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -53,7 +54,19 @@ def rendered_page(browser: str, url: str, profile) -> str:
     return r.stdout
 
 
+def chart_sections(browser: str, url: str, profile) -> list[tuple[str, str]]:
+    """The chart sections a page shows, as (name, number of charts); one more try if the page was not drawn yet."""
+    for attempt in range(2):
+        page = rendered_page(browser, url, f"{profile}-{attempt}")
+        found = re.findall(r"\b([a-z]+) ?\( ?(\d+) ?\)", re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page)))
+        if found:
+            return found
+    return []
+
+
 def test_the_ui_server_serves_the_run_with_its_pictures(make_cfg, tmp_path, capsys):
+    train(make_cfg("loss=mse", "impl=func"))  # a second run to compare with
+    capsys.readouterr()
     metrics = train(make_cfg("loss=huber", "impl=scratch"))
     links = [w for w in capsys.readouterr().out.split() if w.startswith("http://127.0.0.1:5000/")]
     assert len(links) == 2 and all("workflowType=machine_learning" in u for u in links)
@@ -75,8 +88,8 @@ def test_the_ui_server_serves_the_run_with_its_pictures(make_cfg, tmp_path, caps
                 time.sleep(0.5)
         ids = [e["experiment_id"] for e in exps["experiments"] if e["name"] == "fashion-mnist-softmax"]
         runs = post(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": ids})["runs"]
-        assert len(runs) == 1
-        run = runs[0]
+        assert len(runs) == 2
+        run = next(r for r in runs if r["info"]["run_name"] == "loss=huber impl=scratch")
         assert run["info"]["status"] == "FINISHED" and run["info"]["run_name"] == "loss=huber impl=scratch"
         got = {m["key"]: m["value"] for m in run["data"]["metrics"]}
         assert got["test/acc"] == pytest.approx(metrics["test/acc"])
@@ -91,6 +104,18 @@ def test_the_ui_server_serves_the_run_with_its_pictures(make_cfg, tmp_path, caps
         runs_table = links[0].replace("http://127.0.0.1:5000", base)
         page = rendered_page(browser, runs_table, tmp_path / "profile")
         assert "loss=huber impl=scratch" in page, page[-2000:]  # the runs table, not MLflow's GenAI view
+        headers = re.findall(r'role="columnheader"[^>]*>(.*?)</div>', page)
+        text = re.sub(r"<[^>]+>", " ", page)
+        for column in ("test/acc", "test/ece", "val/acc_best", "optimizer.lr", "impl"):  # the shared view's columns
+            assert column in text, (column, headers[:20])
+        # the compare view and the run's Model metrics tab: the five results in their own section (logged at step 0:
+        # MLflow draws them as bars), then the learning curves' sections, and no `epoch` chart. Headless Chromium
+        # draws only the charts it scrolls to, so the sections and their chart counts are what can be read here.
+        for i, url in enumerate([runs_table + "&compareRunsMode=CHART", links[1].replace(
+                "http://127.0.0.1:5000", base).replace(f"runs/{run_id}?", f"runs/{run_id}/model-metrics?")]):
+            found = chart_sections(browser, url, tmp_path / f"profile{i}")
+            assert [name for name, _ in found][:4] == ["test", "time", "train", "val"], found
+            assert found[0][1] == "5", found  # test/acc, loss, nll, ece, brier
     finally:
         server.terminate()
         server.wait(timeout=30)

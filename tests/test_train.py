@@ -122,7 +122,7 @@ def test_a_run_is_recorded_whole_in_mlflow(make_cfg, tmp_path):
     artifacts = {a.path for d in ("", "pictures", "checkpoints", "tables") for a in client.list_artifacts(rid, d)}
     assert {"config.yaml", "overrides.yaml", "pictures/samples.png", "pictures/predictions.png",
             "pictures/confusion_matrix.png", "pictures/curves.png", "pictures/reliability.png",
-            "pictures/per_class_accuracy.png", "tables/per_class_accuracy.csv"} <= artifacts
+            "pictures/per_class_accuracy.png", "pictures/mistakes.png", "tables/per_class_accuracy.csv"} <= artifacts
     assert any(a.startswith("checkpoints/best-epoch") for a in artifacts)
     local = Path(client.download_artifacts(rid, "pictures", str(tmp_path / "dl")))
     sizes = {p.name: Image.open(p).size for p in local.glob("*.png")}

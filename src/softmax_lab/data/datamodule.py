@@ -115,8 +115,10 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         """The first n official test images (of data.classes) as the files hold them: (n, 28, 28) in [0, 1]."""
         return raw_test_images(n, self.data_dir, self.download, self.classes)
 
-    def images(self, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first n images of a split as (n, side, side) in [0, 1] for pictures, with labels."""
+    def images(self, split: str, n: int, index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first n images of a split (or those at `index`) as (n, side, side) in [0, 1] for pictures, with
+        labels."""
         X, y = self.splits[split]
-        X = X[:n].float().cpu() * self.std + self.mean
-        return X.reshape(-1, self.side, self.side), y[:n].cpu()
+        X, y = (X[:n], y[:n]) if index is None else (X[index.to(X.device)], y[index.to(y.device)])
+        X = X.float().cpu() * self.std + self.mean
+        return X.reshape(-1, self.side, self.side), y.cpu()

@@ -147,14 +147,12 @@ def _train(cfg: DictConfig, stack: contextlib.ExitStack) -> dict[str, float]:
 
     def resume_hint() -> str:
         """A killed run's description: how far it got and the command that continues it."""
-        epochs = cfg.trainer.max_epochs
-        done = f"{len(run.recorder.history)} of {epochs} epochs" if epochs and epochs > 0 else \
-            f"{len(run.recorder.history)} epochs"
+        epochs, done = cfg.trainer.max_epochs, len(run.recorder.history)
+        stopped = f"stopped after epoch {done}" + (f" of {epochs}" if epochs and epochs > 0 else "") + \
+            f" (step {run.trainer.global_step})"
         if not last.exists():
-            return (f"after {done} (step {run.trainer.global_step}), before its first checkpoint: nothing to resume "
-                    "from. Run the same command again.")
-        return (f"after {done} (step {run.trainer.global_step}). What it measured until then is kept. Resume it "
-                f"from its last checkpoint: `{command}`")
+            return f"{stopped}, before its first checkpoint: nothing to resume from. Run the same command again."
+        return f"{stopped}. What it measured until then is kept. Resume it from its last checkpoint: `{command}`"
     try:
         with recorded_run(run.tracker, run.name, tags, resume.run_id if resume else None, resume_hint):
             return fit_test_record(run, params)

@@ -118,15 +118,20 @@ def reliability_diagram(bins: dict, ece: float, path: Path, title: str = "") -> 
 
 
 def sweep_chart(rows: list[dict], path: Path) -> Path:
-    """Test accuracy per loss (groups) and implementation (bars); failed jobs marked. The y-axis starts near the
-    lowest result, so the differences between jobs show; it says where it starts."""
+    """Test accuracy (left) and calibration error (right) per loss (groups) and implementation (bars), side by
+    side; failed jobs marked. The accuracy axis starts near the lowest result, so the differences between jobs
+    show; it says where it starts. The legend sits beside the axes, never over a bar."""
     losses = list(dict.fromkeys(r["loss"] for r in rows))
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     width = 0.8 / max(len(impls), 1)
-    finished = [r["test_acc"] for r in rows if r["status"] == "FINISHED" and r["test_acc"] is not None]
-    low = max(0.0, np.floor((min(finished) - 0.03) * 50) / 50) if finished else 0.0
-    high = min(1.0, max(finished) + 0.02) if finished else 1.0
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(losses) * max(len(impls), 1)), 4.5))
+    finished = [r for r in rows if r["status"] == "FINISHED" and r["test_acc"] is not None]
+    accs = [r["test_acc"] for r in finished]
+    low = max(0.0, np.floor((min(accs) - 0.03) * 50) / 50) if accs else 0.0
+    high = min(1.0, max(accs) + 0.02) if accs else 1.0
+    eces = [r["test_ece"] for r in finished if r.get("test_ece") is not None]
+    top_ece = max(eces + [0.05]) * 1.15
+    fig, (ax, ax_ece) = plt.subplots(1, 2, figsize=(max(9, 1.3 * len(losses) * max(len(impls), 1)), 4.5))
+    small = len(losses) * len(impls) > 12
     for k, impl in enumerate(impls):
         for i, loss in enumerate(losses):
             match = [r for r in rows if r["loss"] == loss and r["impl"] == impl]
@@ -136,14 +141,23 @@ def sweep_chart(rows: list[dict], path: Path) -> Path:
             x = i + (k - (len(impls) - 1) / 2) * width
             ok = best["status"] == "FINISHED" and best["test_acc"] is not None
             acc = best["test_acc"] if ok else low
-            ax.bar(x, acc - low, width, bottom=low, color=f"C{k}", label=impl if i == 0 else None)
+            ax.bar(x, acc - low, width, bottom=low, color=f"C{k}")
             ax.text(x, (acc if ok else low) + (high - low) * 0.01, f"{acc:.4f}" if ok else best["status"],
-                    ha="center", va="bottom", fontsize=8, rotation=90 if len(losses) * len(impls) > 12 else 0)
-    ax.set_xticks(range(len(losses)), losses)
+                    ha="center", va="bottom", fontsize=8, rotation=90 if small else 0)
+            ece = best.get("test_ece") if ok else None
+            ax_ece.bar(x, ece or 0.0, width, color=f"C{k}", label=impl if i == 0 else None)
+            ax_ece.text(x, (ece or 0.0) + top_ece * 0.01, f"{ece:.3f}" if ece is not None else best["status"],
+                        ha="center", va="bottom", fontsize=8, rotation=90 if small else 0)
+    for a in (ax, ax_ece):
+        a.set_xticks(range(len(losses)), losses)
+        a.grid(axis="y", alpha=0.3)
     ax.set_ylim(low, high + (high - low) * 0.08)
     ax.set_ylabel(f"test accuracy (axis from {low:.2f})")
-    ax.set_title("Sweep: test accuracy per loss and implementation")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(title="impl", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the axes: never over a bar
+    ax.set_title("Test accuracy (higher is better)")
+    ax_ece.set_ylim(0, top_ece)
+    ax_ece.set_ylabel("test ECE")
+    ax_ece.set_title("Calibration error (lower is better)")
+    ax_ece.legend(title="impl", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the axes: never over a bar
+    fig.suptitle("Sweep: each loss and implementation")
     fig.tight_layout()
     return save(fig, path)

@@ -10,9 +10,28 @@ from softmax_lab.files import write_text
 from softmax_lab.pictures import charts, grids
 
 
+def confident_mistakes(module, datamodule, path: Path, n: int = 9) -> Path:
+    """The test images the model gets wrong with the highest probability: where its confidence misleads."""
+    X, y = datamodule.splits["test"]
+    with torch.no_grad():
+        P = torch.cat([module(X[i : i + 4096].to(module.device, module.dtype)).float().softmax(1)
+                       for i in range(0, len(X), 4096)]).cpu()
+    confidence, predicted = P.max(1)
+    wrong = (predicted != y.cpu()).nonzero().squeeze(1)
+    worst = wrong[confidence[wrong].argsort(descending=True)[:n]]
+    images, labels = datamodule.images("test", len(worst), index=worst)
+    names = datamodule.class_names
+    titles = [f"{names[int(t)]}\n{names[int(p)]} {c:.0%}" for t, p, c in
+              zip(labels, predicted[worst], confidence[worst].tolist())]
+    return grids.image_grid(images, titles, path, rows=1, cols=max(len(titles), 1), title_colors=["red"] * len(titles),
+                            suptitle=f"The {len(titles)} most confident mistakes on the test set (true / predicted, "
+                                     "its probability)")
+
+
 def write_run_pictures(module, datamodule, history: list[dict], run_dir: Path, title: str) -> list[Path]:
-    """Training samples, test predictions, and (after testing) the confusion matrix, per-class accuracy with its
-    csv table, the reliability diagram; the learning curves when there is a history. Their paths."""
+    """Training samples, test predictions, the most confident mistakes, and (after testing) the confusion matrix,
+    per-class accuracy with its csv table, the reliability diagram; the learning curves when there is a history.
+    Their paths."""
     names = datamodule.class_names
     X, y = datamodule.images("train", 18)
     paths = [grids.samples_grid(X, y, names, run_dir / "samples.png")]
@@ -21,6 +40,7 @@ def write_run_pictures(module, datamodule, history: list[dict], run_dir: Path, t
         P = module(datamodule.splits["test"][0][:18].to(module.device, module.dtype)).float().softmax(1).cpu()
     paths.append(grids.predictions_grid(X, y, P.argmax(1), names, run_dir / "predictions.png",
                                         confidences=P.max(1).values))
+    paths.append(confident_mistakes(module, datamodule, run_dir / "mistakes.png"))
     results = module.test_results
     if "confusion" in results:
         paths.append(charts.confusion_matrix(results["confusion"], names, run_dir / "confusion_matrix.png",

@@ -101,4 +101,9 @@ def parent_description(rows: list[dict], best: dict | None, failed: int, experim
     if shared:
         head += f"\n\nEvery job: `{' '.join(shared)}`."
         rows = [{**r, "overrides": " ".join(t for t in r["overrides"].split() if t not in shared)} for r in rows]
-    return head + "\n\n" + markdown_table(rows)
+    linked = []
+    for r in rows:  # each job links its run; the best one is marked
+        job = f"[{r['job']}](#/experiments/{experiment_id}/runs/{r['run_id']})" if r.get("run_id") and \
+            experiment_id is not None else str(r["job"])
+        linked.append({**r, "job": f"**{job} best**" if best is not None and r["job"] == best["job"] else job})
+    return head + "\n\n" + markdown_table(linked)
