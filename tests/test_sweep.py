@@ -60,7 +60,7 @@ def test_loss_by_impl_sweep_is_one_parent_with_children_and_a_summary(tiny_data,
     assert parent.data.metrics == {}  # the compare charts show the jobs, not the parent once more
     assert parent.data.params == {"loss": "ce,mse", "impl": "scratch,nn"}
     note = parent.data.tags["mlflow.note.content"]
-    assert note.startswith("**Sweep of 4 jobs, 0 not finished.** Best: job") and "| mse | nn | FINISHED |" in note
+    assert note.startswith("**Sweep of 4 jobs, 0 not finished.** Best: [job ") and "| mse | nn | FINISHED |" in note
     assert parent.data.tags["mlflow.source.name"] == "src/train.py -m"
 
 

@@ -161,8 +161,10 @@ BIT_IDENTICAL = {  # which impls take bit-identical steps; the others agree with
 
 @pytest.mark.slow
 def test_scratch_nn_and_func_train_the_same_weights_from_the_command_line(real_data, tmp_path):
-    epochs = 2
-    r = run_cli(["-m", "loss=" + ",".join(sorted(LOSSES)), "impl=scratch,nn,func", f"trainer.max_epochs={epochs}",
+    # one loss of each kind: ce (scratch apart by rounding), bce (func apart), mse and margin (all bit-identical;
+    # huber and l1 take mse's path); one epoch of the real data, 215 steps
+    losses = ("ce", "bce", "mse", "margin")
+    r = run_cli(["-m", "loss=" + ",".join(losses), "impl=scratch,nn,func", "trainer.max_epochs=1",
                  "logger=none", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}"],
                 timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -173,8 +175,8 @@ def test_scratch_nn_and_func_train_the_same_weights_from_the_command_line(real_d
             hp = ckpt["hyper_parameters"]
             name = next(n for n, cls in LOSSES.items() if hp["loss"]["_target_"].endswith("." + cls.__name__))
             found[name, hp["impl"]] = torch.cat([t.flatten() for t in linear_weights(ckpt["state_dict"], hp["impl"])])
-    assert len(found) == 18, sorted(found)
-    for name in LOSSES:
+    assert len(found) == 12, sorted(found)
+    for name in losses:
         for a, b in itertools.combinations(("scratch", "nn", "func"), 2):
             gap = (found[name, a] - found[name, b]).abs().max().item()
             assert gap <= 1e-6, (name, a, b, gap)
