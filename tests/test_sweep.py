@@ -57,7 +57,9 @@ def test_loss_by_impl_sweep_is_one_parent_with_children_and_a_summary(tiny_data,
     assert parent.data.tags["best_run_id"] in {c.info.run_id for c in children if key(c) == key(best)}
     assert parent.data.tags["best_val_acc_best"] == f"{best.data.metrics['val/acc_best']:.4f}"
     assert parent.data.tags["best_test_acc"] == f"{best.data.metrics['test/acc']:.4f}"
-    assert parent.data.metrics == {}  # the compare charts show the jobs, not the parent once more
+    # the winner's result under the parent's own keys: the jobs' compare charts (test/*) show the jobs only
+    assert parent.data.metrics["winner/test_acc"] == pytest.approx(best.data.metrics["test/acc"], abs=1e-6)
+    assert not [k for k in parent.data.metrics if not k.startswith("winner/")]
     assert parent.data.params == {"loss": "ce,mse", "impl": "scratch,nn"}
     note = parent.data.tags["mlflow.note.content"]
     assert note.startswith("**Sweep of 4 jobs, 0 not finished.** Best: [job ") and "| mse | nn | FINISHED |" in note

@@ -6,7 +6,8 @@ the parent's params, and exports the parent's id: every job's run carries it as 
 on_multirun_end reads the children back from MLflow, whatever launcher ran them and however they
 ended, adds the jobs that never got a run from their job_outcome.json, and writes the summary
 (sweep_summary.py) into the sweep dir and onto the parent, whose tags and description then give the best job
-(tags, not metrics: the compare charts show the jobs only). The parent ends FINISHED when the summary is written
+(tags, and its result as winner/* metrics: under test/* it would be one more bar in the jobs' compare charts).
+The parent ends FINISHED when the summary is written
 (its failed jobs are in its tags and description), FAILED when writing it fails; the sweep exits non-zero when any
 job did not finish.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -22,7 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from softmax_lab.signals import protected
-from softmax_lab.tracking.run_fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, source_tags
+from softmax_lab.tracking.run_fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, readable, source_tags
 from softmax_lab.tracking.store import connect
 from softmax_lab.tracking.sweep_jobs import PARENT_RUN_ENV, SWEPT_KEYS_ENV
 from softmax_lab.tracking.sweep_summary import (
@@ -105,7 +107,10 @@ class MlflowSweepCallback(Callback):
             raise
 
     def _record_result(self, rows: list[dict], best: dict | None, files: list[Path]) -> None:
-        """The parent tells the sweep's result: the best job (tags and a link), the table as its description."""
+        """The parent tells the sweep's result: the best job (tags, winner/* metrics, a link), the table as its
+        description."""
+        from mlflow.entities import Metric
+
         pid = self.parent_run_id
         with protected():
             for p in files:
@@ -113,8 +118,15 @@ class MlflowSweepCallback(Callback):
             tags = {"jobs": len(rows), "failed_jobs": FAILED_JOBS,
                     "mlflow.note.content": parent_description(rows, best, FAILED_JOBS,
                                                               self.experiment_id)[:MAX_TAG_VALUE]}
-            if best is not None:  # no metrics on the parent: they would be one more run in every compare chart
+            if best is not None:
                 tags.update(best_job=best["job"], best_run_id=best["run_id"], best_overrides=best["overrides"],
                             best_test_acc=f"{best['test_acc']:.4f}", best_val_acc_best=f"{best['val_acc_best']:.4f}")
+                # the winner's result under the parent's own keys (their section sorts last): as test/acc etc. the
+                # parent would be one more bar in every chart comparing the jobs
+                values = {"winner/val_acc_best": best["val_acc_best"], "winner/test_acc": best["test_acc"],
+                          "winner/test_ece": best["test_ece"], "winner/test_nll": best["test_nll"]}
+                now = int(time.time() * 1000)
+                self.client.log_batch(pid, metrics=[Metric(k, readable(v), now, 0) for k, v in values.items()
+                                                    if v is not None])
             for k, v in tags.items():
                 self.client.set_tag(pid, k, str(v))
