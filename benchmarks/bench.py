@@ -13,7 +13,8 @@ Each is reported as the median epoch after a warm-up epoch, and as a ratio to pl
 pipeline but the textbook's is measured three times, interleaved, and the fastest counts (this machine is shared
 and noisy: the same code's epoch varies by 10-25% between runs). Then what a user waits for, end to end, each in
 a fresh process: `python src/train.py` (10 epochs) for both impls in the default and the speed mode, and the
-8-job loss x impl sweep in both modes: wall time and peak memory. Results: a table, and outputs/bench/epoch.json.
+8-job loss x impl sweep in both modes: wall time and peak memory. The Optuna search's own cost per trial and one
+worker against two on a 10-trial search (benchmarks/search_bench.py). Results: a table, and outputs/bench/epoch.json.
 """
 
 from __future__ import annotations
@@ -195,6 +196,9 @@ def main() -> None:
             sweep = ["-m", "loss=ce,mse,margin,huber", "impl=scratch,nn", *extra, f"hydra.sweep.dir={tmp / mode}"]
             report[f"e2e_sweep_8_jobs_{mode}"] = timed_process(sweep, store)
 
+    from search_bench import measure as measure_search  # benchmarks/search_bench.py
+
+    report["search"] = measure_search(a.data_dir, walls=not a.quick)
     print(f"\n{'pipeline':18s} {'median epoch s':>15s} {'x plain loop':>13s}")
     for k, v in table.items():
         print(f"{k:18s} {v['median_epoch_s']:15.3f} {v['ratio_vs_plain']:13.2f}")
@@ -202,6 +206,8 @@ def main() -> None:
     for k, v in report.items():
         if k.startswith("e2e_"):
             print(f"{k}: {v['wall_s']} s wall, peak {v['peak_rss_mb']} MB")
+    for k, v in report["search"].items():
+        print(f"{k}: {v}" + (" (target: < 0.3)" if k == "search_overhead_per_trial_s" else ""))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

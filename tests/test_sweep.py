@@ -116,14 +116,3 @@ def test_submitit_local_launcher(tiny_data, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(parents) == 1 and sorted(c.info.run_name for c in children) == ["loss=ce impl=nn", "loss=margin impl=nn"]
     assert all(c.info.status == "FINISHED" for c in children)
-
-
-def test_optuna_search_writes_and_logs_the_best_parameters(tiny_data, tmp_path):
-    r, client, parents, children = sweep(tiny_data, tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=3",
-                                         "hydra.sweeper.n_jobs=1", measured=False)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert len(children) == 3 and len(parents) == 1
-    best = (tmp_path / "sweep" / "optimization_results.yaml").read_text()
-    assert "best_params" in best and "optimizer.lr" in best
-    arts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "summary")}
-    assert "summary/optimization_results.yaml" in arts

@@ -33,6 +33,7 @@ from softmax_lab.jobs.run_report import (
 )
 from softmax_lab.maths.classifier import classifier_of
 from softmax_lab.maths.losses import name_of
+from softmax_lab.search.pruning import TrialPruning
 from softmax_lab.signals import INTERRUPTS
 from softmax_lab.tracking.run import NoTracking, recorded_run
 from softmax_lab.tracking.run_fields import run_params, source_tags
@@ -137,6 +138,9 @@ def _train(cfg: DictConfig, stack: contextlib.ExitStack) -> dict[str, float]:
             "impl": cfg.model.impl, "data_dir": str(run.datamodule.located_dir), **source_tags("src/train.py")}
     if "job_num" in ctx:
         tags.update(sweep_dir=ctx["sweep_dir"], job_num=ctx["job_num"])
+    if OmegaConf.select(cfg, "search.trial") is not None:  # a trial of an Optuna search (hparams_search=optuna)
+        study = next((c.study_name for c in run.trainer.callbacks if isinstance(c, TrialPruning)), "")
+        tags.update(optuna_trial=cfg.search.trial, optuna_study=study)
     if resume is not None:
         tags["resumed_from"] = str(resume.path)
         print(f"resuming {resume.path}: {resume.epochs_done} epoch(s) done, continuing in {run.run_dir}", flush=True)
@@ -186,6 +190,9 @@ def fit_test_record(run: TrainingRun, params: dict[str, str]) -> dict[str, float
     checkpointing = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     metrics = scalars(trainer.callback_metrics)
+    pruned = next((c.pruned_at for c in trainer.callbacks if isinstance(c, TrialPruning) and c.pruned_at), None)
+    if pruned is not None and trainer.is_global_zero:  # ran fewer epochs on purpose: it says so, and is tested as is
+        tracker.set_tags({"optuna_state": "PRUNED", "pruned_at_epoch": pruned})
     best = checkpointing.best_model_path if checkpointing is not None else ""
     if tracker.enabled and trainer.is_global_zero and not trainer.fast_dev_run:
         tracker.start_model(run.name, params)  # the test metrics are logged linked to the run's model
@@ -205,6 +212,10 @@ def fit_test_record(run: TrainingRun, params: dict[str, str]) -> dict[str, float
                               {k: v for k, v in metrics.items() if k.startswith("test/")})
         if best:
             tracker.log_artifact(Path(best), "checkpoints")
-        tracker.set_description(run_description(run.name, metrics, history, tracker.model_uri, best, run.run_dir))
+        description = run_description(run.name, metrics, history, tracker.model_uri, best, run.run_dir)
+        if pruned is not None:
+            description = (f"**Pruned** by the Optuna search after epoch {pruned} of {cfg.trainer.max_epochs}: its "
+                           f"val/acc was below what the study's pruner lets go on.\n\n{description}")
+        tracker.set_description(description)
         print_summary(metrics, tracker, run.run_dir, best)
     return metrics

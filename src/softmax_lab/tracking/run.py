@@ -110,6 +110,11 @@ class MlflowTracker(RunModel):
         with store_write(self.uri):
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        with store_write(self.uri):
+            for k, v in tags.items():
+                self.client.set_tag(self.run_id, k, str(v)[:MAX_TAG_VALUE])
+
     def set_description(self, markdown: str) -> None:
         with store_write(self.uri):
             self.client.set_tag(self.run_id, "mlflow.note.content", markdown[:MAX_TAG_VALUE])
@@ -174,6 +179,8 @@ class NoTracking:
     def start_model(self, run_name, params) -> None: ...
 
     def log_model(self, classifier, example, step, metrics) -> None: ...
+
+    def set_tags(self, tags) -> None: ...
 
     def set_description(self, markdown: str) -> None: ...
 

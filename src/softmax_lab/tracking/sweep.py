@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from softmax_lab.errors import UserError
 from softmax_lab.signals import protected
 from softmax_lab.tracking.run_fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, readable, source_tags
 from softmax_lab.tracking.store import connect
@@ -38,19 +41,46 @@ from softmax_lab.tracking.sweep_summary import (
 from softmax_lab.tracking.uris import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
+SEARCH_FILES = ("search.md", "search.png", "optimization_results.yaml")  # an Optuna search's report, when there is one
 
 FAILED_JOBS = 0  # read by src/train.py to exit non-zero when a job failed
+ACTIVE: MlflowSweepCallback | None = None  # the running sweep's callback: a stopped search ends its parent run
+SEARCH_SWEEPER = "hydra_plugins.softmax_lab_optuna.OptunaSweeper"
 
 
-def sweep_overrides(config: DictConfig) -> dict[str, str]:
-    """What the sweep varies, key -> its values as typed: `key=a,b`, `key=range(...)`/`choice(...)`, and a
-    sweeper's own search space (Optuna's params)."""
+def is_search(config: DictConfig) -> bool:
+    return config.hydra.sweeper.get("_target_") == SEARCH_SWEEPER
+
+
+def sweep_overrides(config: DictConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """What the sweep varies, key -> its values as typed (`key=a,b`, `key=range(...)`/`choice(...)`; for an Optuna
+    search the space it really searches), and the keys a search's space names that the command line fixes."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-    swept = {o.key_or_group.lstrip("+~"): o.input_line.split("=", 1)[1] for o in parsed if o.is_sweep_override()}
-    swept.update({k: str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()})
-    return swept
+    task = list(config.hydra.overrides.task)
+    if is_search(config):
+        from softmax_lab.search.loop import TRIAL_KEY
+        from softmax_lab.search.space import search_space
+
+        space = search_space(config.hydra.sweeper.get("params"), task)
+        fixed = {k: f"{v} (fixed by the command line; the space said {was})" for k, (v, was) in space.fixed.items()}
+        return {TRIAL_KEY: "the Optuna trial's number", **space.described}, fixed
+    parsed = OverridesParser.create().parse_overrides(task)
+    return {o.key_or_group.lstrip("+~"): o.input_line.split("=", 1)[1] for o in parsed if o.is_sweep_override()}, {}
+
+
+def refuse(e: UserError) -> NoReturn:
+    """One line for a mistake found outside any job (Hydra would print its traceback), exit code 1."""
+    logging.getLogger("softmax_lab").error("error: %s", e)
+    sys.exit(1)
+
+
+def end_parent_run(status: str, reason: str) -> None:
+    """End the running sweep's parent run early (a search stopped by a signal): `status`, the reason as a tag."""
+    if ACTIVE is not None and ACTIVE.parent_run_id is not None:
+        with protected():
+            ACTIVE.client.set_tag(ACTIVE.parent_run_id, "failure_reason", reason)
+            ACTIVE.client.set_terminated(ACTIVE.parent_run_id, status)
 
 
 class MlflowSweepCallback(Callback):
@@ -60,10 +90,17 @@ class MlflowSweepCallback(Callback):
         self.client = self.experiment_id = self.parent_run_id = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        global FAILED_JOBS
-        FAILED_JOBS = 0
+        global FAILED_JOBS, ACTIVE
+        FAILED_JOBS, ACTIVE = 0, self
         HydraConfig.instance().set_config(config)  # so ${hydra:...} resolves here
-        swept = sweep_overrides(config)
+        if is_search(config):  # a search that cannot run is refused in one line, before its parent run exists
+            from softmax_lab.search.loop import plan
+
+            try:
+                plan(config.hydra.sweeper, list(config.hydra.overrides.task))
+            except UserError as e:
+                refuse(e)
+        swept, fixed = sweep_overrides(config)
         os.environ[SWEPT_KEYS_ENV] = ",".join(swept)
         if not str(config.logger.get("_target_", "")).endswith("MlflowTracker"):
             return
@@ -77,7 +114,7 @@ class MlflowSweepCallback(Callback):
             run = self.client.create_run(self.experiment_id, run_name="sweep: " + (" ".join(task) or "(defaults)"),
                                          tags=tags)
             self.parent_run_id = run.info.run_id
-            for key, values in swept.items():  # what the sweep varies, as the compare view shows params
+            for key, values in {**swept, **fixed}.items():  # what the sweep varies, as the compare view shows params
                 self.client.log_param(self.parent_run_id, key, values[:MAX_PARAM_VALUE])
         os.environ[PARENT_RUN_ENV] = self.parent_run_id
         log.info("sweep recorded as MLflow parent run %s", self.parent_run_id)
@@ -90,13 +127,13 @@ class MlflowSweepCallback(Callback):
         try:
             rows = summary_rows(self.client, self.experiment_id, self.parent_run_id) if self.parent_run_id else []
             rows = sorted(rows + outcome_rows(sweep_dir, {r["job"] for r in rows}), key=lambda r: r["job"])
-            FAILED_JOBS = sum(r["status"] != "FINISHED" for r in rows)
+            FAILED_JOBS = sum(r["status"] not in ("FINISHED", "PRUNED") for r in rows)
             files = write_summary(rows, sweep_dir)
             print(f"\nSweep summary ({len(rows)} jobs, {FAILED_JOBS} not finished; files in {sweep_dir}):\n"
                   + markdown_table(rows), flush=True)
             if self.parent_run_id is not None:
-                optuna = [p for p in [sweep_dir / "optimization_results.yaml"] if p.exists()]  # Optuna's best params
-                self._record_result(rows, best_row(rows), files + optuna)
+                search = [p for p in (sweep_dir / n for n in SEARCH_FILES) if p.exists()]  # search/report.py
+                self._record_result(rows, best_row(rows), files + search)
                 with protected():
                     self.client.set_terminated(self.parent_run_id, "FINISHED")
         except BaseException:
@@ -115,9 +152,10 @@ class MlflowSweepCallback(Callback):
         with protected():
             for p in files:
                 self.client.log_artifact(pid, str(p), "summary")
+            report = next((p.read_text() + "\n" for p in files if p.name == "search.md"), "")
             tags = {"jobs": len(rows), "failed_jobs": FAILED_JOBS,
-                    "mlflow.note.content": parent_description(rows, best, FAILED_JOBS,
-                                                              self.experiment_id)[:MAX_TAG_VALUE]}
+                    "mlflow.note.content": (report + parent_description(rows, best, FAILED_JOBS,
+                                                                        self.experiment_id))[:MAX_TAG_VALUE]}
             if best is not None:
                 tags.update(best_job=best["job"], best_run_id=best["run_id"], best_overrides=best["overrides"],
                             best_test_acc=f"{best['test_acc']:.4f}", best_val_acc_best=f"{best['val_acc_best']:.4f}")

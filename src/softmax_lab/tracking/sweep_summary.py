@@ -47,10 +47,11 @@ def summary_rows(client, experiment_id: str, parent_run_id: str) -> list[dict]:
     rows = []
     for r in runs:
         m, t = r.data.metrics, r.data.tags
+        status = "PRUNED" if t.get("optuna_state") == "PRUNED" else r.info.status  # an Optuna trial stopped early
         epochs = [x.value for x in client.get_metric_history(r.info.run_id, "time/epoch_s")]
         rows.append({
             "job": int(t.get("job_num", -1)), "overrides": t.get("overrides", ""), "loss": t.get("loss", "?"),
-            "impl": t.get("impl", "?"), "status": r.info.status, "val_acc_best": m.get("val/acc_best"),
+            "impl": t.get("impl", "?"), "status": status, "val_acc_best": m.get("val/acc_best"),
             "test_acc": m.get("test/acc"), "test_ece": m.get("test/ece"), "test_nll": m.get("test/nll"),
             "epoch_s": statistics.median(epochs) if epochs else None, "run_id": r.info.run_id,
             "failure_reason": t.get("failure_reason", "")[:200],
