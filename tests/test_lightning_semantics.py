@@ -122,7 +122,8 @@ def test_early_stopping_stops_as_lightning_documents(make_cfg):
 
 
 @pytest.mark.parametrize("impl, precision", [(impl, precision) for impl in ("scratch", "nn") for precision in
-                                              ("64-true", "bf16-mixed")] + [("func", "bf16-mixed")])
+                                              ("64-true", "bf16-mixed")] + [("func", "bf16-mixed"),
+                                                                            ("scratch", "bf16-true"), ("nn", "16-true")])
 def test_precision_plugins_train_test_and_draw(make_cfg, impl, precision):
     cfg = make_cfg(f"impl={impl}", "logger=none", f"+trainer.precision={precision}")
     metrics = train(cfg)

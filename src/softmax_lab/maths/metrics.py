@@ -52,6 +52,9 @@ class EvalMetrics(Metric):
 
     def update(self, O: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
         """O: logits (n, C); y: classes (n,); loss: the training loss's batch mean on these logits."""
+        for name in (*SUMS, "bin_conf"):  # precision=bf16-true / 16-true cast the module's states with its weights:
+            if getattr(self, name).dtype != torch.float32:  # sums of 10,000 values need float32's 24 bits
+                setattr(self, name, getattr(self, name).float())
         logp, conf, pred = top_label(O)
         P = logp.exp()
         hit = pred == y
