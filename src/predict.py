@@ -16,7 +16,9 @@ def main(cfg) -> float:
 
 
 if __name__ == "__main__":
+    from softmax_lab.config import check_command_line
     from softmax_lab.console import quiet_console
 
+    check_command_line("predict")
     quiet_console()
     main()

@@ -18,8 +18,15 @@ def main(cfg) -> float:
 
 
 if __name__ == "__main__":
+    from softmax_lab.config import check_command_line
     from softmax_lab.console import quiet_console
 
+    check_command_line("train")
+    if sys.argv[1:2] in (["--help"], ["-h"]) or sys.argv[-1:] in (["--help"], ["-h"]):
+        from softmax_lab.console import print_help
+
+        print_help("train", [a for a in sys.argv[1:] if a not in ("--help", "-h")])
+        sys.exit(0)
     quiet_console()
     main()
     from softmax_lab.tracking import sweep

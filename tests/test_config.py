@@ -3,6 +3,8 @@ what is allowed and an example. (The command line's one-line, no-traceback form:
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from conftest import compose
@@ -80,3 +82,51 @@ def test_resize_memory_is_measured_against_the_machine(tmp_path, monkeypatch):
 def test_eval_keys_are_checked(tmp_path, overrides, says):
     with pytest.raises(ConfigError, match=says):
         validate_eval_config(compose(overrides, tmp_path, config_name="eval"))
+
+
+# ---- Lightning's Trainer flags on the command line: Lightning's meaning, or refused with the project's way ----
+
+def test_help_lists_every_trainer_flag_lightning_has_and_how_to_give_it():
+    import inspect
+    import re
+    import subprocess
+    import sys
+
+    import pytorch_lightning as pl
+
+    from conftest import ROOT
+
+    r = subprocess.run([sys.executable, "src/train.py", "loss=mse", "--help"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    section = r.stdout.split("== Lightning's Trainer flags")[1].split("== Config")[0]
+    listed = set(re.findall(r"\b([a-z][a-z0-9]*(?:_[a-z0-9]+)+|[a-z]+)\b(?=[,=\s(])", section))
+    flags = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+    assert flags <= listed, flags - listed
+    assert "loss: bce, ce, huber, l1, margin, mse" in r.stdout  # the groups
+    assert "_target_: softmax_lab.maths.losses.SquaredError" in r.stdout  # the config the overrides give
+
+
+@pytest.mark.parametrize("flag, says", [("+trainer.logger=false", "logger=none"),
+                                        ("+trainer.callbacks=[]", "~callbacks.<name>"),
+                                        ("+trainer.plugins=[]", "trainer.precision"),
+                                        ("+trainer.barebones=true", "data.batches_per_step=8")])
+def test_trainer_arguments_the_project_gives_are_refused_with_its_way(flag, says):
+    from softmax_lab.trainer.flags import plan
+
+    cfg = compose([flag], "/tmp/unused")
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        plan(cfg.trainer, "nn", 1, cfg.callbacks)
+    plan(compose(["+trainer.barebones=false"], "/tmp/unused").trainer, "nn", 1, {})  # Lightning's default: fine
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["+trainer.default_root_dir=/tmp/x"], "Fix: trainer.default_root_dir=/tmp/x"),  # Hydra: "HydraConfig was not set"
+    (["trainer=cpu", "+trainer.max_epochs=3"], "Fix: trainer.max_epochs=3"),
+    (["+seed=3"], "Fix: seed=3"),
+    (["+trainer.limit_train_batches=3", "++trainer.max_epochs=2", "+callbacks.extra={}"], None)])
+def test_a_plus_on_a_key_the_config_has_is_refused_before_hydra_reads_it(argv, says):
+    from softmax_lab.config import existing_key_added
+
+    message = existing_key_added(argv)
+    assert (message is None) if says is None else (says in message and "already in the config" in message)

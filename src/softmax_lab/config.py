@@ -17,6 +17,65 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
 
 
+def existing_key_added(argv: list[str], config_name: str = "train") -> str | None:
+    """The one-line refusal for `+key=value` when `key` is already in the config, or None. Hydra's `+` only adds a
+    new key; for a key whose value is an interpolation (trainer.default_root_dir) Hydra's own error is an
+    unrelated "HydraConfig was not set". Read from the config files alone: no composition, nothing imported."""
+    primary = OmegaConf.load(CONFIG_DIR / f"{config_name}.yaml")
+    chosen = {}
+    for entry in primary.get("defaults", []):
+        if isinstance(entry, DictConfig | dict):
+            chosen.update({str(k): v for k, v in entry.items()})
+    chosen.update(dict(a.split("=", 1) for a in argv if "=" in a and "." not in a.split("=", 1)[0]
+                       and not a.startswith(("+", "~", "-"))))
+    for arg in argv:
+        if not arg.startswith("+") or arg.startswith("++") or "=" not in arg:
+            continue
+        key = arg[1:].split("=", 1)[0]
+        group, _, rest = key.partition(".")
+        if rest and (CONFIG_DIR / group).is_dir() and chosen.get(group):
+            node = _group_option(group, str(chosen[group]))
+        else:
+            node, rest = primary, key
+        if node is not None and _has_key(OmegaConf.to_container(node, resolve=False), rest):
+            value = arg.split("=", 1)[1]
+            return (f"+{key}: {key} is already in the config, and Hydra's `+` only adds a new key. Fix: {key}={value} "
+                    f"(or ++{key}={value}, which adds or changes it).")
+    return None
+
+
+def check_command_line(config_name: str) -> None:
+    """Before Hydra reads the command line: a `+` on a key the config has is refused in one line (exit 1)."""
+    import sys
+
+    message = existing_key_added(sys.argv[1:], config_name)
+    if message is not None:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _has_key(tree, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
+
+
+def _group_option(group: str, option: str) -> DictConfig | None:
+    """A config group option's own keys merged over those of the options it extends (its `defaults`)."""
+    path = CONFIG_DIR / group / f"{option}.yaml"
+    if not path.is_file():
+        return None
+    node = OmegaConf.load(path)
+    merged = OmegaConf.create()
+    for base in node.get("defaults", []):
+        if isinstance(base, str) and base != "_self_":
+            merged = OmegaConf.merge(merged, _group_option(group, base) or {})
+    node.pop("defaults", None)
+    return OmegaConf.merge(merged, node)
+
+
 def instantiate_checked(node, **kwargs):
     """hydra.utils.instantiate, with a mistake the target refuses (a UserError) raised as itself: Hydra's
     InstantiationException around it would add only its call site to the one-line message."""

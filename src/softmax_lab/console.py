@@ -27,3 +27,24 @@ def quiet_console() -> None:
         warnings.filterwarnings("ignore", message)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def print_help(config_name: str, overrides: list[str]) -> None:
+    """`--help` as Hydra prints it (the app's help template: groups, Trainer flags, the config the overrides give),
+    composed directly: Hydra's own help lists every option of every group through a fresh config repository each,
+    seconds of work for a page of text."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from softmax_lab.config import CONFIG_DIR, register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    template = cfg.hydra.help.template
+    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])  # the job's config, as Hydra shows it
+    groups = sorted(d for d in CONFIG_DIR.rglob("*") if d.is_dir() and any(d.glob("*.yaml"))
+                    and d.relative_to(CONFIG_DIR).parts[0] != "hydra")
+    listing = "\n".join(f"{d.relative_to(CONFIG_DIR).as_posix()}: {', '.join(sorted(p.stem for p in d.glob('*.yaml')))}"
+                        for d in groups)
+    print(template.replace("$APP_CONFIG_GROUPS", listing + "\n").replace("$CONFIG", OmegaConf.to_yaml(cfg)))

@@ -92,9 +92,34 @@ def _speed_flags(t: Mapping, callbacks: Mapping, n: int) -> dict:
     return {"train_limit": limit}
 
 
+# Trainer arguments the project gives the Trainer itself: a value for one on the command line is refused, with the
+# project's way to say the same thing
+PROJECT_OWNED = {
+    "logger": "the run's logger is the `logger` group, MLflow by default. Fix: logger=none for no tracking "
+              "(or logger.tracking_uri=... / logger.experiment_name=...), and drop trainer.logger.",
+    "callbacks": "the Trainer's callbacks are the `callbacks` group. Fix: add one with "
+                 "'+callbacks.<name>={_target_: ...}', remove one with ~callbacks.<name> (e.g. "
+                 "~callbacks.model_checkpoint), or trainer.enable_checkpointing=false / enable_progress_bar=false, "
+                 "and drop trainer.callbacks.",
+    "plugins": "the project gives the Trainer its checkpoint writer (atomic writes). Fix: precision with "
+               "trainer.precision=..., and drop trainer.plugins.",
+}
+
+
+def _project_flags(t: Mapping) -> None:
+    for key, why in PROJECT_OWNED.items():
+        if key in t:
+            raise ConfigError(f"trainer.{key}={t[key]!r} is not passed on: {why}")
+    if t.get("barebones"):
+        raise ConfigError("trainer.barebones=true turns off self.log, checkpoints and the progress bar, which every "
+                          "run here records its metrics, best epoch and resume point with. Fix: for raw speed use "
+                          "the speed mode, data.batches_per_step=8, with logger=none (README, 'Speed').")
+
+
 def plan(trainer_cfg, impl: str, batches_per_step: int, callbacks_cfg) -> FlagPlan:
     """What the Trainer, the module and the data module each get; ConfigError for what cannot be honoured."""
     t = OmegaConf.to_container(trainer_cfg, resolve=True) if OmegaConf.is_config(trainer_cfg) else dict(trainer_cfg)
+    _project_flags(t)
     cbs = OmegaConf.to_container(callbacks_cfg, resolve=True) if OmegaConf.is_config(callbacks_cfg) else \
         dict(callbacks_cfg or {})
     speed = batches_per_step > 1
