@@ -178,3 +178,27 @@ def test_a_run_dir_another_process_is_writing_is_refused(make_cfg, tmp_path):
     _, runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert runs == []
     train(cfg)  # once it is gone, the run dir is free
+
+
+# ---- MLflow's own environment variables mean what MLflow says, or are refused before any run ----
+
+def test_mlflow_experiment_name_from_the_environment_is_honoured(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "from-the-environment")
+    train(make_cfg("trainer.max_epochs=1"))
+    client, runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [client.get_experiment(r.info.experiment_id).name for r in runs] == ["from-the-environment"]
+    # the command line wins over the environment, as a config value over its default
+    train(make_cfg("trainer.max_epochs=1", "logger.experiment_name=given"))
+    client, runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert sorted(client.get_experiment(r.info.experiment_id).name for r in runs) == ["from-the-environment", "given"]
+
+
+@pytest.mark.parametrize("variable, value, says", [("MLFLOW_EXPERIMENT_ID", "12345", "unset MLFLOW_EXPERIMENT_ID"),
+                                                   ("MLFLOW_RUN_ID", "0123abc", "unset MLFLOW_RUN_ID")])
+def test_mlflow_variables_that_would_change_the_run_are_refused_before_it_exists(make_cfg, tmp_path, monkeypatch,
+                                                                                  variable, value, says):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(TrackingError, match=says):
+        train(make_cfg("trainer.max_epochs=1"))
+    client, runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert runs == []

@@ -121,9 +121,11 @@ def test_early_stopping_stops_as_lightning_documents(make_cfg):
     assert last_ckpt(cfg)["global_step"] == 20  # epoch 1 sets the best, epoch 2 fails to beat it by 1.0: stop
 
 
-@pytest.mark.parametrize("impl, precision", [(impl, precision) for impl in ("scratch", "nn") for precision in
-                                              ("64-true", "bf16-mixed")] + [("func", "bf16-mixed"),
-                                                                            ("scratch", "bf16-true"), ("nn", "16-true")])
+PRECISIONS = [(impl, precision) for impl in ("scratch", "nn") for precision in ("64-true", "bf16-mixed")] + \
+    [("func", "bf16-mixed"), ("scratch", "bf16-true"), ("nn", "16-true")]
+
+
+@pytest.mark.parametrize("impl, precision", PRECISIONS)
 def test_precision_plugins_train_test_and_draw(make_cfg, impl, precision):
     cfg = make_cfg(f"impl={impl}", "logger=none", f"+trainer.precision={precision}")
     metrics = train(cfg)

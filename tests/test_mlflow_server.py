@@ -119,3 +119,71 @@ def test_the_ui_server_serves_the_run_with_its_pictures(make_cfg, tmp_path, caps
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def start_server(db, port: int) -> subprocess.Popen:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"], cwd=ROOT,
+        env=unmeasured_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 90
+    while True:
+        try:
+            get(f"http://127.0.0.1:{port}/health")
+            return server
+        except OSError:
+            assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
+            time.sleep(0.3)
+
+
+def test_a_server_that_goes_away_mid_run_ends_it_in_seconds_and_the_resume_sends_what_it_kept(tiny_data, tmp_path):
+    """The server is killed and stays down: the run stops after MLflow's retries (here set short through MLflow's
+    own variables, which the project honours), with one line naming the server, exit 1, the metrics it could not send
+    in the run dir. The server comes back: the resume sends them first, and the run's history has every epoch once."""
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    port, run_dir = free_port(), tmp_path / "run"
+    uri = f"http://127.0.0.1:{port}"
+    server = start_server(tmp_path / "server.db", port)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+           "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    args = [f"data.data_dir={tiny_data}", "data.val_size=100", "trainer.enable_progress_bar=false"]
+    proc = subprocess.Popen([sys.executable, "src/train.py", *args, "trainer.max_epochs=2000",
+                             f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        deadline = time.time() + 120
+        while not last.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    t0 = time.time()
+    out, _ = proc.communicate(timeout=180)
+    waited = time.time() - t0
+    assert proc.returncode == 1, out
+    said = [line for line in out.splitlines() if "error:" in line]
+    assert len(said) == 1 and f"tracking server {uri} stopped answering" in said[0] and "ckpt_path=" in said[0], out
+    assert waited < 60, waited
+    kept = json.loads((run_dir / "mlflow_unsent.json").read_text())
+    assert {m["key"] for m in kept} >= {"val/acc", "train/loss"}
+
+    server = start_server(tmp_path / "server.db", port)
+    try:
+        done = subprocess.run([sys.executable, "src/train.py", *args, "trainer.max_epochs=300", f"ckpt_path={last}"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        client = MlflowClient(uri)
+        run = client.search_runs([client.get_experiment_by_name("fashion-mnist-softmax").experiment_id])[0]
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")]
+        assert sorted(steps) == list(range(2, 602, 2)), steps  # 300 epochs of 2 steps, each once
+        assert not (run_dir / "mlflow_unsent.json").exists()
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()

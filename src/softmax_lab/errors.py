@@ -19,6 +19,10 @@ class TrackingError(UserError):
     """The MLflow tracking store cannot be reached or used."""
 
 
+class StoreGone(TrackingError):
+    """The tracking store stopped answering mid-run, after MLflow's retries: no more writes are tried."""
+
+
 class StorageError(UserError):
     """A file of the run could not be written: the disk is full, read-only or not ours to write."""
 

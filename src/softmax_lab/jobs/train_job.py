@@ -20,7 +20,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from softmax_lab.config import instantiate_checked, validate_config
-from softmax_lab.errors import WRITE_ERRNOS, ConfigError, RunInterrupted, StorageError
+from softmax_lab.errors import WRITE_ERRNOS, ConfigError, RunInterrupted, StorageError, StoreGone
 from softmax_lab.jobs.naming import hydra_context, run_name
 from softmax_lab.jobs.resume import Resume
 from softmax_lab.jobs.run_report import (
@@ -35,6 +35,7 @@ from softmax_lab.maths.classifier import classifier_of
 from softmax_lab.maths.losses import name_of
 from softmax_lab.search.pruning import TrialPruning
 from softmax_lab.signals import INTERRUPTS
+from softmax_lab.tracking.logger import UNSENT
 from softmax_lab.tracking.run import NoTracking, recorded_run
 from softmax_lab.tracking.run_fields import run_params, source_tags
 from softmax_lab.trainer.build import make_callbacks, make_trainer
@@ -170,6 +171,10 @@ def _train(cfg: DictConfig, stack: contextlib.ExitStack) -> dict[str, float]:
         if interrupted is e:
             raise
         raise interrupted from e
+    except StoreGone as e:  # everything measured stays in the run dir; the resume sends it
+        raise StoreGone(f"{e}. What the run measured is kept in {run.run_dir}: its checkpoints, and the metrics not "
+                        f"sent in {UNSENT}. Fix: start the tracking server again (or fix the network), then resume: "
+                        f"{command}; the resume sends them.") from e
     except OSError as e:  # a full or read-only disk: recorded FAILED above; the user gets one line
         if e.errno in WRITE_ERRNOS:
             raise StorageError.from_os_error(e) from e
@@ -185,7 +190,7 @@ def fit_test_record(run: TrainingRun, params: dict[str, str]) -> dict[str, float
     tracker.log_params(params)
     if cfg.ckpt_path is None:  # a resumed run holds its inputs already
         tracker.log_datasets(datamodule)
-    trainer.logger = tracker.lightning_logger()
+    trainer.logger = tracker.lightning_logger(spool=run.run_dir / UNSENT)
     trainer.callbacks.extend(tracker.callbacks())
     checkpointing = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)

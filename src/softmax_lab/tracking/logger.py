@@ -4,14 +4,26 @@ checkpoint's run had logged."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from softmax_lab.errors import StoreGone
+from softmax_lab.files import write_text
 from softmax_lab.tracking.run_fields import readable
-from softmax_lab.tracking.store import store_write
+from softmax_lab.tracking.store import GONE, store_write
+
+UNSENT = "mlflow_unsent.json"  # in the run dir: metrics a store that went away did not take, sent at resume
+
+
+def read_spool(path: Path) -> list:
+    from mlflow.entities import Metric
+
+    return [Metric(**m) for m in json.loads(path.read_text())]
 
 
 class BufferedMlflowLogger(MLFlowLogger):
@@ -23,11 +35,16 @@ class BufferedMlflowLogger(MLFlowLogger):
     skips the (key, step) points its interrupted part already logged: history continues, never twice.
     """
 
-    def __init__(self, logged_until: dict[str, int] | None = None, **kwargs):
+    def __init__(self, logged_until: dict[str, int] | None = None, spool: Path | None = None, **kwargs):
         super().__init__(**kwargs)
         self.store_uri = kwargs["tracking_uri"]
         self._buffer = []
-        self._logged_until = logged_until or {}
+        self._logged_until = dict(logged_until or {})
+        self.spool, self._kept = spool, []  # the metrics a store that went away did not take (UNSENT in the run dir)
+        if spool is not None and spool.exists():  # a resumed run sends them first; its retraining does not repeat them
+            self._buffer = read_spool(spool)
+            for m in self._buffer:
+                self._logged_until[m.key] = max(m.step, self._logged_until.get(m.key, -1))
         self._trained = False  # whether this process logged anything past the resumed run's steps
         self.model_id: str | None = None  # set before the test pass: test/* metrics are linked to the run's model
         self.test_dataset: tuple[str, str] | None = None  # and to the test split's dataset input (name, digest)
@@ -51,11 +68,30 @@ class BufferedMlflowLogger(MLFlowLogger):
             self._buffer.append(Metric(key=k, value=readable(v), timestamp=now, step=step, **link))
 
     def flush(self) -> None:
-        while self._buffer:
-            batch = self._buffer[:1000]
-            with store_write(self.store_uri):
-                self.experiment.log_batch(self.run_id, metrics=batch)
-            self._buffer = self._buffer[1000:]
+        """Write the buffer; when the store stopped answering, keep it in the spool file instead (and say so by
+        StoreGone the first time)."""
+        if self.store_uri in GONE:
+            self._keep()
+            return
+        try:
+            while self._buffer:
+                batch = self._buffer[:1000]
+                with store_write(self.store_uri):
+                    self.experiment.log_batch(self.run_id, metrics=batch)
+                self._buffer = self._buffer[1000:]
+        except StoreGone:
+            self._keep()
+            raise
+        if self.spool is not None and not self._kept and self.spool.exists():
+            self.spool.unlink()  # its metrics are in the store now
+
+    def _keep(self) -> None:
+        if self.spool is None or not self._buffer:
+            return
+        self._kept += self._buffer
+        self._buffer = []
+        write_text(self.spool, json.dumps([{k: v for k, v in m.to_dictionary().items() if v is not None}
+                                           for m in self._kept]))
 
     def finalize(self, status: str = "success") -> None:
         self.flush()  # the status is the tracker's to set
@@ -80,4 +116,5 @@ class FlushMetrics(pl.Callback):
         self.logger.flush()
 
     def on_exception(self, trainer, pl_module, exception):
-        self.logger.flush()
+        if not isinstance(exception, StoreGone):  # it said so already; its metrics are kept (flush)
+            self.logger.flush()

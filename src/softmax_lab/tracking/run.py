@@ -18,7 +18,7 @@ from softmax_lab.signals import protected
 from softmax_lab.tracking.logger import BufferedMlflowLogger, FlushMetrics
 from softmax_lab.tracking.run_fields import MAX_TAG_VALUE
 from softmax_lab.tracking.run_model import RunModel
-from softmax_lab.tracking.store import connect, first_line, store_errors, store_write
+from softmax_lab.tracking.store import GONE, connect, first_line, store_errors, store_write
 from softmax_lab.tracking.sweep_jobs import PARENT_RUN_ENV
 from softmax_lab.tracking.uris import browse_hint, redact, resolve_tracking_uri
 
@@ -98,9 +98,10 @@ class MlflowTracker(RunModel):
             if changed:
                 self.client.set_tag(self.run_id, "resumed_with", " ".join(f"{k}={v}" for k, v in changed.items()))
 
-    def lightning_logger(self) -> BufferedMlflowLogger:
+    def lightning_logger(self, spool: Path | None = None) -> BufferedMlflowLogger:
+        """Lightning's logger for this run; `spool`: the file for what a store that goes away does not take."""
         self.logger = BufferedMlflowLogger(experiment_name=self.experiment_name, tracking_uri=self.uri,
-                                           run_id=self.run_id, logged_until=self.logged_until)
+                                           run_id=self.run_id, logged_until=self.logged_until, spool=spool)
         return self.logger
 
     def callbacks(self) -> list:
@@ -116,14 +117,15 @@ class MlflowTracker(RunModel):
                 self.client.set_tag(self.run_id, k, str(v)[:MAX_TAG_VALUE])
 
     def set_description(self, markdown: str) -> None:
-        with store_write(self.uri):
-            self.client.set_tag(self.run_id, "mlflow.note.content", markdown[:MAX_TAG_VALUE])
+        self.set_tags({"mlflow.note.content": markdown})
 
     def finish(self, status: str, reason: str | None = None, description: str | None = None) -> None:
         """Record what happened: the status first, so it tells the truth whatever fails after it; then what
         was logged but not yet written, the reason and the description."""
         if self.run_id is None:
             return
+        if self.uri in GONE:  # no write would arrive: the metrics go to the run dir, the status waits for a resume
+            return self.logger.flush() if self.logger is not None else None
         errors = []
         writes = [lambda: self.client.set_terminated(self.run_id, status)]
         if self.logger is not None:
@@ -168,7 +170,7 @@ class NoTracking:
 
     def log_datasets(self, datamodule) -> None: ...
 
-    def lightning_logger(self):
+    def lightning_logger(self, spool=None):
         return False
 
     def callbacks(self) -> list:

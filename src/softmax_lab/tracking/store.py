@@ -15,7 +15,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from softmax_lab.errors import TrackingError
+from softmax_lab.errors import StoreGone, TrackingError
 from softmax_lab.signals import protected
 from softmax_lab.tracking.uris import artifact_location_for, redact, runs_view, sqlite_path
 
@@ -41,14 +41,48 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+# How long a write waits for a tracking server that went away, unless the user set MLflow's own variables:
+# retries after 1, 2, 4, 8 and 16 s (about 35 s in all), each request at most 20 s (MLflow's defaults: 7 retries with
+# a backoff factor of 2, about 4 minutes a write, and 120 s a request)
+HTTP_PATIENCE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+GONE: dict[str, str] = {}  # store URI -> why: a store that stopped answering gets no more writes from this process
+
+
+def unreachable(e: BaseException) -> bool:
+    """A server that does not answer (refused, reset, timed out after the retries), not one that refuses a write."""
+    from requests.exceptions import ConnectionError, RetryError, Timeout
+
+    text = str(e)
+    return isinstance(e, ConnectionError | RetryError | Timeout) or any(
+        s in text for s in ("Max retries exceeded", "Read timed out", "Connection aborted", "Connection refused"))
+
+
+def _symptom(e: BaseException) -> str:
+    text = str(e)
+    for needle, said in (("Connection refused", "connection refused"), ("timed out", "timed out"),
+                         ("RemoteDisconnected", "connection closed"), ("Connection aborted", "connection closed"),
+                         ("Name or service not known", "host unknown")):
+        if needle in text:
+            return said
+    return first_line(e)[:160]
+
+
 @contextlib.contextmanager
 def store_write(uri: str):
     """One write to the store, protected from signals; the store's refusal (read-only, full, gone) becomes one
-    TrackingError naming the store, its cause kept."""
+    TrackingError naming the store, its cause kept. A server that stopped answering is StoreGone, at once for
+    every later write: a dead server costs one retry window, not one per write."""
+    if uri in GONE:
+        raise StoreGone(GONE[uri])
     try:
         with protected():
             yield
     except store_errors() as e:
+        if unreachable(e):
+            GONE[uri] = (f"the MLflow tracking server {redact(uri)} stopped answering ({_symptom(e)}) through "
+                         "MLflow's retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, _BACKOFF_FACTOR, _TIMEOUT)")
+            raise StoreGone(GONE[uri]) from e
         raise TrackingError(f"the MLflow store {redact(uri)} refused a write ({first_line(e)[:200]}). {FIX}") from e
 
 
@@ -122,6 +156,14 @@ def new_sqlite_store(db: Path) -> None:
         log.debug("no store template (%s)", e)
 
 
+def check_mlflow_environment() -> None:
+    """MLflow's variables that would make a run something else than the one this job starts: refused in one line."""
+    if os.environ.get("MLFLOW_RUN_ID"):
+        raise TrackingError(f"MLFLOW_RUN_ID={os.environ['MLFLOW_RUN_ID']} is set, but each job here starts its own run "
+                            "(an interrupted one continues with ckpt_path=<run dir>/checkpoints/last.ckpt). Fix: "
+                            "unset MLFLOW_RUN_ID.")
+
+
 def ensure_experiment(client, name: str, uri: str) -> str:
     """The experiment's id, creating it (with its artifact location) if needed, with the runs table's view that
     the printed links open (uris.runs_view)."""
@@ -144,6 +186,12 @@ def connect(uri: str, experiment_name: str):
     """(client, experiment_id), or TrackingError naming the URI; creates a fresh sqlite store safely."""
     from mlflow.tracking import MlflowClient
 
+    check_mlflow_environment()
+    for key, value in HTTP_PATIENCE.items():  # a user's own setting means what MLflow says
+        os.environ.setdefault(key, value)
+    # MLflow prints its own link when a run ends on a server; it opens the UI's GenAI view. Ours (uris.py) open the
+    # runs; a user who sets the variable to false gets MLflow's too.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     db = sqlite_path(uri)
     t0 = time.perf_counter()
     try:
@@ -154,9 +202,15 @@ def connect(uri: str, experiment_name: str):
                     new_sqlite_store(db)
             client = MlflowClient(uri)
             experiment_id = ensure_experiment(client, experiment_name, uri)
+            wanted = os.environ.get("MLFLOW_EXPERIMENT_ID")
     except store_errors() as e:
         raise TrackingError(f"the MLflow tracking store {redact(uri)} cannot be used ({first_line(e)[:300]}). "
                             "Fix: start the tracking server or correct MLFLOW_TRACKING_URI / logger.tracking_uri, "
                             "or run with logger=none.") from e
+    if wanted and wanted != experiment_id:
+        raise TrackingError(f"MLFLOW_EXPERIMENT_ID={wanted}, but the runs go to experiment {experiment_name!r} (id "
+                            f"{experiment_id}) in {redact(uri)}, named by logger.experiment_name or "
+                            "MLFLOW_EXPERIMENT_NAME. Fix: unset MLFLOW_EXPERIMENT_ID, or name its experiment with "
+                            "MLFLOW_EXPERIMENT_NAME=... / logger.experiment_name=...")
     log.debug("connected to %s in %.2fs", redact(uri), time.perf_counter() - t0)
     return client, experiment_id
