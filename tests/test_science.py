@@ -164,7 +164,8 @@ def test_predict_names_the_class_of_image_files_of_any_size_and_mode(trained, tm
     names = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
     for name, (c, *_) in cases.items():
         line, beneath = lines[name]
-        assert line == f"{name}: {names[c]} ({line.rsplit('(', 1)[1]}", line  # the class and its probability only
+        assert line.startswith(f"{name}: {names[c]} ("), line  # the class and its probability, then what was done
+        assert ("[inverted (light background)]" in line) == name.startswith("c1_light"), line
         assert beneath.startswith(f"    top-3: {names[c]} "), beneath
     assert "notes.png: not a readable image" in lines["notes.png"][0]
     assert (tmp_path / "out" / "predictions.png").exists()
@@ -192,10 +193,84 @@ def test_predict_test_images_draws_the_textbook_grid(trained, tmp_path, tiny_dat
     assert Image.open(tmp_path / "predictions.png").size == (1350, 380)
 
 
+def predict_lines(trained, tmp_path, capsys, *args):
+    from conftest import compose
+    from softmax_lab.jobs.predict_job import predict
+
+    capsys.readouterr()
+    predict(compose([f"ckpt_path={trained}", *args], tmp_path / "out", config_name="predict"))
+    return capsys.readouterr().out
+
+
+def test_predict_scales_a_16_bit_image_and_says_so(trained, tmp_path, capsys):
+    eight = band_image(4)
+    Image.fromarray(eight).save(tmp_path / "eight.png")
+    Image.fromarray(eight.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")  # 16-bit grey (mode I;16)
+    out = predict_lines(trained, tmp_path, capsys, f"images={tmp_path}")
+    line = {x.split(":")[0]: x for x in out.splitlines()}
+    assert "scaled from 0..65535" in line["sixteen.png"]
+    assert line["sixteen.png"].split("  [")[0].split(": ", 1)[1] == line["eight.png"].split(": ", 1)[1]  # same answer
+
+
+@pytest.mark.parametrize("light", [True, False])
+def test_a_transparent_background_is_made_the_shade_that_sets_the_object_off(tmp_path, light):
+    from softmax_lab.data.image_files import prepare_image
+
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[10:14, :, :3] = 240 if light else 20  # a band, on nothing
+    rgba[10:14, :, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    x, notes = prepare_image(tmp_path / "cutout.png")
+    assert x[10:14].mean() > 0.85 and x[:8].max() < 0.05  # the object light, the background black, either way
+    assert notes[0] == f"transparent background made {'black' if light else 'white'} ({'light' if light else 'dark'} " \
+        "object)"
+
+
+def test_sensor_noise_on_a_large_photo_does_not_move_the_crop(tmp_path):
+    from softmax_lab.data.image_files import prepare_image
+
+    photo = np.full((600, 400), 0.95)  # a dark coat on light paper, off-centre
+    photo[100:400, 50:250] = 0.15
+    noisy = np.clip(photo + np.random.default_rng(0).normal(0, 0.04, photo.shape), 0, 1)
+    for name, img in (("clean.png", photo), ("noisy.png", noisy)):
+        Image.fromarray((img * 255).astype(np.uint8)).save(tmp_path / name)
+    clean, _ = prepare_image(tmp_path / "clean.png")
+    seen, notes = prepare_image(tmp_path / "noisy.png")
+    assert np.abs(seen - clean).mean() < 0.05 and seen[:, :3].max() < 0.2  # the object fills the height, as clean
+    assert notes == ["inverted (light background)", "400x600 cropped to the object, scaled to 28x28"]
+
+
+def test_a_blank_image_gets_no_answer_and_the_others_still_do(trained, tmp_path, capsys):
+    Image.fromarray(np.full((50, 50), 128, np.uint8)).save(tmp_path / "blank.png")
+    Image.fromarray(band_image(2)).save(tmp_path / "band.png")
+    out = predict_lines(trained, tmp_path, capsys, f"images={tmp_path}")
+    assert "blank.png: a blank image (one shade, 0.50): nothing to classify" in out and "band.png: pullover" in out
+
+
+def test_top_k_adapts_to_a_checkpoint_with_fewer_classes(tmp_path, tiny_data, capsys):
+    from conftest import compose
+
+    cfg = compose([f"data.data_dir={tiny_data}", "data.val_size=20", "data.classes=[3,5]", "trainer.max_epochs=1",
+                   "logger=none", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"], tmp_path / "two")
+    train(cfg)
+    two = next((tmp_path / "two" / "checkpoints").glob("best-epoch*.ckpt"))
+    Image.fromarray(band_image(3)).save(tmp_path / "x.png")
+    out = predict_lines(two, tmp_path, capsys, f"images={tmp_path / 'x.png'}")  # top_k=3 by default
+    assert "top_k=3: this checkpoint knows 2 classes (dress, sandal); listing all 2" in out and "    top-2: " in out
+
+
+def test_asking_for_more_test_images_than_exist_says_so_and_keeps_the_picture_readable(trained, tmp_path, tiny_data,
+                                                                                       capsys):
+    out = predict_lines(trained, tmp_path, capsys, "images=test:999999", f"data_dir={tiny_data}")
+    assert "images=test:999999: the test set has 200 images; predicting all 200" in out
+    assert out.count("test image ") == 200 and "(the first 90 of 200: a bigger grid would not be readable)" in out
+    assert Image.open(tmp_path / "out" / "predictions.png").size[1] < 2000
+
+
 @pytest.mark.parametrize("args, says", [
     (["images=/nowhere/*.png"], "no image files there"),
     (["images=test:0"], "expected test:N with N >= 1"),
-    (["images=x.png", "top_k=11"], "top_k=11 is not allowed: expected an integer in 1..10"),
+    (["images=x.png", "top_k=0"], "top_k=0 is not allowed: expected an integer >= 1"),
 ])
 def test_predict_refuses_bad_input_with_one_message(trained, tmp_path, args, says):
     from conftest import compose

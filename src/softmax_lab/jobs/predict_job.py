@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from softmax_lab.data.idx import CLASS_NAMES
-from softmax_lab.data.image_files import ImageError, image_files, load_image
+from softmax_lab.data.image_files import ImageError, image_files, prepare_image
 from softmax_lab.data.splits import raw_test_images
 from softmax_lab.errors import ConfigError
 from softmax_lab.maths.classifier import LinearClassifier, classifier_of
@@ -38,12 +38,27 @@ def classifier_from_checkpoint(path) -> tuple[LinearClassifier, dict]:
     return classifier, data
 
 
-def prediction_lines(name: str, probs: np.ndarray, class_names: list[str], k: int) -> str:
-    """'sneaker (0.912)' and, indented beneath, the top-k: a line per file, its alternatives under it."""
+GRID_MAX = 90  # images in a predictions picture (10 rows of 9): more would not be readable
+
+
+def prediction_lines(name: str, probs: np.ndarray, class_names: list[str], k: int, notes: list[str] = ()) -> str:
+    """'sneaker (0.912)' with the conversions made to the file in brackets, and, indented beneath, the top-k: a line
+    per file, its alternatives under it."""
     order = probs.argsort()[::-1][:k]
     best = order[0]
-    return f"{name}: {class_names[best]} ({probs[best]:.3f})\n    top-{k}: " + ", ".join(
+    said = f"  [{'; '.join(notes)}]" if notes else ""
+    return f"{name}: {class_names[best]} ({probs[best]:.3f}){said}\n    top-{k}: " + ", ".join(
         f"{class_names[i]} {probs[i]:.3f}" for i in order)
+
+
+def top_k_for(top_k, names: list[str]) -> int:
+    """top_k as asked, or all the checkpoint's classes when it knows fewer (said once)."""
+    if not (isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1):
+        raise ConfigError(f"top_k={top_k!r} is not allowed: expected an integer >= 1 (e.g. top_k=3).")
+    if top_k > len(names):
+        print(f"top_k={top_k}: this checkpoint knows {len(names)} classes ({', '.join(names)}); listing all "
+              f"{len(names)}", flush=True)
+    return min(top_k, len(names))
 
 
 def predict(cfg: DictConfig) -> dict[str, float]:
@@ -55,32 +70,40 @@ def predict(cfg: DictConfig) -> dict[str, float]:
                               "checkpoints/best-epoch07.ckpt images=shoe.png` (or images=test:18).")
     classifier, data = classifier_from_checkpoint(cfg.ckpt_path)
     names = classifier.class_names
-    if not (isinstance(cfg.top_k, int) and not isinstance(cfg.top_k, bool) and 1 <= cfg.top_k <= len(names)):
-        raise ConfigError(f"top_k={cfg.top_k!r} is not allowed: expected an integer in 1..{len(names)} (e.g. top_k=3).")
+    k = top_k_for(cfg.top_k, names)
     out = Path(cfg.paths.output_dir)
     spec = str(cfg.images)
     if spec.startswith("test:"):
-        return predict_test_images(cfg, data, classifier, spec, out)
-    labels, images = [], []
+        return predict_test_images(cfg, data, classifier, spec, out, k)
+    labels, images, notes = [], [], []
     for path in image_files(spec):
         try:
-            images.append(load_image(path))
-            labels.append(path.name)
+            pixels, said = prepare_image(path)
         except ImageError as e:
             print(f"{e}", flush=True)
+            continue
+        images.append(pixels)
+        labels.append(path.name)
+        notes.append(said)
     if not images:
-        raise ConfigError(f"images={spec}: none of the files could be read as an image.")
+        raise ConfigError(f"images={spec}: none of the files could be used (each line above says why).")
     P = classifier.probabilities(torch.from_numpy(np.stack(images))).numpy()
-    for name, probs in zip(labels, P):
-        print(prediction_lines(name, probs, names, cfg.top_k), flush=True)
-    titles = [f"{n[:14]}\n{names[p.argmax()]} {p.max():.2f}" for n, p in zip(labels, P)]
-    grid = grids.image_grid(torch.from_numpy(np.stack(images)), titles, out / "predictions.png",
-                            rows=-(-len(images) // 9), cols=min(9, len(images)), suptitle="What the model saw and said")
-    print(f"the images as the model saw them, with its predictions: {grid}", flush=True)
+    for name, probs, said in zip(labels, P, notes):
+        print(prediction_lines(name, probs, names, k, said), flush=True)
+    shown = min(len(images), GRID_MAX)
+    titles = [f"{n[:14]}\n{names[p.argmax()]} {p.max():.2f}" for n, p in zip(labels[:shown], P[:shown])]
+    grid = grids.image_grid(torch.from_numpy(np.stack(images[:shown])), titles, out / "predictions.png",
+                            rows=-(-shown // 9), cols=min(9, shown), suptitle="What the model saw and said")
+    print(f"the images as the model saw them, with its predictions: {grid}" + _cap(shown, len(images)), flush=True)
     return {"predicted": float(len(images))}
 
 
-def predict_test_images(cfg, data: dict, classifier: LinearClassifier, spec: str, out: Path) -> dict[str, float]:
+def _cap(shown: int, total: int) -> str:
+    return f" (the first {shown} of {total}: a bigger grid would not be readable)" if shown < total else ""
+
+
+def predict_test_images(cfg, data: dict, classifier: LinearClassifier, spec: str, out: Path,
+                        k: int) -> dict[str, float]:
     """images=test:N: the first N official test images in the textbook's grid, true and predicted labels."""
     from softmax_lab.pictures import grids
 
@@ -91,13 +114,17 @@ def predict_test_images(cfg, data: dict, classifier: LinearClassifier, spec: str
     if n < 1:
         raise ConfigError(f"images={spec}: expected test:N with N >= 1, e.g. images=test:18.")
     X, y = raw_test_images(n, cfg.data_dir or data.get("data_dir"), data.get("download", False), data.get("classes"))
+    if len(X) < n:
+        print(f"images={spec}: the test set has {len(X)} images; predicting all {len(X)}", flush=True)
     P = classifier.probabilities(X)
     preds = P.argmax(1)
     names = classifier.class_names
     for i, probs in enumerate(P.numpy()):
-        print(prediction_lines(f"test image {i} (true: {names[int(y[i])]})", probs, names, cfg.top_k), flush=True)
-    grid = grids.predictions_grid(X, y, preds, names, out / "predictions.png", cols=min(9, len(X)),
-                                  confidences=P.max(1).values)
+        print(prediction_lines(f"test image {i} (true: {names[int(y[i])]})", probs, names, k), flush=True)
+    shown = min(len(X), GRID_MAX)
+    grid = grids.predictions_grid(X[:shown], y[:shown], preds[:shown], names, out / "predictions.png",
+                                  cols=min(9, shown), confidences=P.max(1).values[:shown])
     right = int((preds == y).sum())
-    print(f"{right} of {len(X)} right; the grid (true / predicted, mistakes in red): {grid}", flush=True)
+    print(f"{right} of {len(X)} right; the grid (true / predicted, mistakes in red): {grid}" + _cap(shown, len(X)),
+          flush=True)
     return {"predicted": float(len(X)), "accuracy": right / len(X)}
