@@ -222,6 +222,19 @@ def test_eval_refuses_missing_or_corrupt_checkpoints(tmp_path, content, message)
         evaluate(compose_eval([f"ckpt_path={path}", "logger=none"], tmp_path / "eval"))
 
 
+def test_eval_given_a_directory_names_the_checkpoints_in_it(tmp_path):
+    from softmax_lab.jobs.eval_job import evaluate
+    from softmax_lab.trainer.checkpoints import CheckpointError
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    for name in ("best-epoch03.ckpt", "last.ckpt"):
+        (run_dir / "checkpoints" / name).write_bytes(b"")
+    for given in (run_dir, run_dir / "checkpoints"):
+        with pytest.raises(CheckpointError, match="is a directory, not a checkpoint file. It holds .*best-epoch03"):
+            evaluate(compose_eval([f"ckpt_path={given}", "logger=none"], tmp_path / "eval"))
+
+
 def test_composes_like_the_cli(tmp_path):
     cfg = compose(["loss=margin", "impl=scratch", "loss.margin=2"], tmp_path)
     assert cfg.model.impl == "scratch" and cfg.loss.margin == 2 and cfg.optimizer.lr == 0.1  # margin keeps 0.1

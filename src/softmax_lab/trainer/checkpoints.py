@@ -22,6 +22,12 @@ class CheckpointError(UserError):
 
 def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
     path = Path(path).expanduser()
+    if path.is_dir():  # a run dir or its checkpoints/ folder: name what is in it
+        found = sorted(p.relative_to(path).as_posix() for p in [*path.glob("*.ckpt"), *path.glob("checkpoints/*.ckpt")])
+        listed = f" It holds {', '.join(found[:6])}." if found else " It holds no .ckpt file."
+        raise CheckpointError(f"{key}={path} is a directory, not a checkpoint file.{listed} Fix: {key}="
+                              f"{path / found[0] if found else '<run dir>/checkpoints/last.ckpt'} (best-*.ckpt is "
+                              "the best epoch, last.ckpt the latest).")
     if not path.is_file():
         raise CheckpointError(f"{key}={path}: no such file. Fix: point {key} at a .ckpt file, e.g. "
                               "outputs/runs/<date>/<time>/checkpoints/last.ckpt.")
