@@ -9,12 +9,21 @@ from softmax_lab.config import register_resolvers
 register_resolvers()
 
 
+def checked_then_trained(cfg) -> dict:
+    """A value the config alone refuses is said before torch, Lightning and MLflow are imported (seconds here)."""
+    from softmax_lab.config import validate_config
+
+    validate_config(cfg)
+    from softmax_lab.jobs.train_job import train
+
+    return train(cfg)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg) -> float:
     from softmax_lab.jobs.outcome import run_job
-    from softmax_lab.jobs.train_job import train
 
-    return run_job(train, cfg)
+    return run_job(checked_then_trained, cfg)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,15 @@ def test_help_imports_neither_torch_nor_lightning_nor_mlflow(script):
         r.stdout[-500:] + r.stderr[-500:]
 
 
+def test_a_value_the_config_refuses_is_said_before_torch_is_imported():
+    probe = ("import runpy, sys\nsys.argv = ['src/train.py', 'optimizer.lr=-1', 'logger=none']\ntry:\n"
+             "    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit as e:\n    print('EXIT', e.code)\n"
+             "print('LOADED', sorted(m for m in ('torch', 'pytorch_lightning', 'mlflow') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "EXIT 1" in r.stdout and "LOADED []" in r.stdout, r.stdout[-500:] + r.stderr[-500:]
+    assert "optimizer.lr=-1 is not allowed" in r.stderr + r.stdout
+
+
 def test_predict_loads_neither_lightning_nor_mlflow():
     probe = ("import sys; sys.path.insert(0, 'src'); import softmax_lab.jobs.predict_job, softmax_lab.jobs.outcome; "
              "print('LOADED', sorted(m for m in ('pytorch_lightning', 'mlflow', 'torchmetrics') if m in sys.modules))")
