@@ -91,7 +91,8 @@ def test_help_imports_neither_torch_nor_lightning_nor_mlflow(script):
 def test_a_value_the_config_refuses_is_said_before_torch_is_imported():
     probe = ("import runpy, sys\nsys.argv = ['src/train.py', 'optimizer.lr=-1', 'logger=none']\ntry:\n"
              "    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit as e:\n"
-             "    print('EXIT', e.code)\nprint('LOADED', sorted(m for m in ('torch', 'pytorch_lightning', 'mlflow') if m in sys.modules))")
+             "    print('EXIT', e.code)\n"
+             "print('LOADED', sorted(m for m in ('torch', 'pytorch_lightning', 'mlflow') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert "EXIT 1" in r.stdout and "LOADED []" in r.stdout, r.stdout[-500:] + r.stderr[-500:]
     assert "optimizer.lr=-1 is not allowed" in r.stderr + r.stdout
