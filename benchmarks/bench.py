@@ -146,6 +146,62 @@ def timed_process(args: list[str], store: str) -> dict:
     return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak / 1024, 1)}  # the largest child so far
 
 
+def breakdown(run_dir: Path, wall: float) -> dict:
+    """A run's phases (its phases.json), the epochs apart from the rest of fit, and the exit: what the wall clock
+    holds beyond the phases (interpreter shutdown)."""
+    record = json.loads((run_dir / "phases.json").read_text())
+    phases = dict(record["phases_s"])
+    phases["fit"] = round(phases.get("fit", 0.0) - record["epochs_s"], 3)
+    phases = {"epochs themselves": record["epochs_s"], **{("fit beyond the epochs" if k == "fit" else k): v
+                                                          for k, v in phases.items()}}
+    phases["exit (after the job)"] = round(wall - sum(phases.values()), 3)
+    return phases
+
+
+def sweep_job_breakdown(sweep_dir: Path) -> dict:
+    """The median of each phase over a sweep's jobs after the first (the first also pays the process's start)."""
+    jobs = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/phases.json"))][1:]
+    keys = [k for k in jobs[0]["phases_s"]] if jobs else []
+    out = {"epochs themselves": statistics.median(j["epochs_s"] for j in jobs)} if jobs else {}
+    for k in keys:
+        values = [j["phases_s"].get(k, 0.0) - (j["epochs_s"] if k == "fit" else 0.0) for j in jobs]
+        out["fit beyond the epochs" if k == "fit" else k] = round(statistics.median(values), 3)
+    return out
+
+
+def waits(tmp: Path, store: str, overrides: list[str]) -> dict:
+    """What a user waits for (the faster of two tries each), with the breakdown by phase of the default run and of a
+    sweep job."""
+    report = {}
+    helps = []
+    for _ in range(2):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "src/train.py", "--help"], cwd=ROOT, capture_output=True, check=True)
+        helps.append(time.perf_counter() - t)
+    report["help_s"] = round(min(helps), 2)
+    runs = [timed_process([*overrides, "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp / f'wait-run-{i}'}"],
+                          store)["wall_s"] for i in range(2)]
+    best = min(range(2), key=lambda i: runs[i])
+    report["default_run_s"] = runs[best]
+    report["default_run_phases_s"] = breakdown(tmp / f"wait-run-{best}", runs[best])
+    sweeps = [timed_process(["-m", "loss=ce,mse,margin,huber", "impl=scratch,nn", *overrides,
+                             "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp / f'wait-sweep-{i}'}"],
+                            store)["wall_s"] for i in range(2)]
+    best = min(range(2), key=lambda i: sweeps[i])
+    report["sweep_8_jobs_s"] = sweeps[best]
+    report["sweep_job_phases_s"] = sweep_job_breakdown(tmp / f"wait-sweep-{best}")
+    return report
+
+
+def print_waits(w: dict) -> None:
+    print(f"\n--help {w['help_s']} s; default run {w['default_run_s']} s; 8-job sweep {w['sweep_8_jobs_s']} s")
+    for title, key in (("default run", "default_run_phases_s"), ("a sweep job (median, after the first)",
+                                                                 "sweep_job_phases_s")):
+        print(f"  {title}:")
+        for phase, seconds in w[key].items():
+            print(f"    {phase:55s} {seconds:7.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=6, help="epochs per measurement (the first is a warm-up)")
@@ -154,12 +210,22 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "epoch.json"))
     ap.add_argument("--override", action="append", default=[], help="a config override for our runs, repeatable")
     ap.add_argument("--data-dir", default=None, help="where the IDX files are (default: searched as in training)")
+    ap.add_argument("--wait", action="store_true", help="only what a user waits for: --help, a default run, an 8-job "
+                    "sweep, each with its breakdown by phase")
     a = ap.parse_args()
     epochs = a.epochs
     tmp = Path(tempfile.mkdtemp(prefix="softmax-lab-bench-"))
     store = f"sqlite:///{tmp / 'mlflow.db'}"
 
     overrides = a.override + ([f"data.data_dir={a.data_dir}"] if a.data_dir else [])
+    if a.wait:
+        w = waits(tmp, store, overrides)
+        print_waits(w)
+        out = Path(a.out).with_name("wait.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(w, indent=2))
+        print(f"written: {out}")
+        return
     from hydra.utils import instantiate
 
     dm = instantiate(compose(overrides, tmp).data)  # the plain loops get the very data our runs get
@@ -187,6 +253,8 @@ def main() -> None:
     func_vs_nn = round(median_after_warmup(results["ours_func"]) / median_after_warmup(results["ours_nn"]), 2)
     report = {"device": "cpu", "threads": torch.get_num_threads(), "batch_size": BATCH, "overrides": a.override,
               "epoch": table, "func_vs_nn_epoch": func_vs_nn}
+    if not a.quick:
+        report["wait"] = waits(tmp, store, overrides)
     if not a.quick:  # smaller commands first: ru_maxrss of children is the largest so far
         for mode, extra in (("default", []), ("speed", ["data.batches_per_step=8"])):
             for impl in ("nn", "scratch"):
@@ -206,6 +274,8 @@ def main() -> None:
     for k, v in report.items():
         if k.startswith("e2e_"):
             print(f"{k}: {v['wall_s']} s wall, peak {v['peak_rss_mb']} MB")
+    if "wait" in report:
+        print_waits(report["wait"])
     for k, v in report["search"].items():
         print(f"{k}: {v}" + (" (target: < 0.3)" if k == "search_overhead_per_trial_s" else ""))
     out = Path(a.out)

@@ -235,6 +235,22 @@ def test_eval_given_a_directory_names_the_checkpoints_in_it(tmp_path):
             evaluate(compose_eval([f"ckpt_path={given}", "logger=none"], tmp_path / "eval"))
 
 
+def test_a_run_writes_where_its_seconds_went(make_cfg):
+    import json
+    import time
+
+    t = time.perf_counter()
+    cfg = make_cfg()
+    train(cfg)
+    wall = time.perf_counter() - t
+    record = json.loads((Path(cfg.paths.output_dir) / "phases.json").read_text())
+    phases = record["phases_s"]
+    assert list(phases)[-6:] == ["build, data and store", "run records (config, params, datasets)", "fit", "test",
+                                 "pictures (drawn) and model (logged), side by side", "artifacts and description"]
+    assert record["epochs"] == 2 and 0 < record["epochs_s"] < phases["fit"]
+    assert sum(v for k, v in phases.items() if not k.startswith("start-up")) <= wall
+
+
 def test_composes_like_the_cli(tmp_path):
     cfg = compose(["loss=margin", "impl=scratch", "loss.margin=2"], tmp_path)
     assert cfg.model.impl == "scratch" and cfg.loss.margin == 2 and cfg.optimizer.lr == 0.1  # margin keeps 0.1

@@ -22,17 +22,18 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from softmax_lab.config import instantiate_checked, validate_config
 from softmax_lab.errors import WRITE_ERRNOS, ConfigError, RunInterrupted, StorageError, StoreGone
 from softmax_lab.jobs.naming import hydra_context, run_name
+from softmax_lab.jobs.phases import Phases
 from softmax_lab.jobs.resume import Resume
 from softmax_lab.jobs.run_report import (
     model_example,
     print_summary,
-    record_pictures,
     run_description,
     scalars,
     write_run_config,
 )
 from softmax_lab.maths.classifier import classifier_of
 from softmax_lab.maths.losses import name_of
+from softmax_lab.pictures.run_pictures import write_run_pictures
 from softmax_lab.search.pruning import TrialPruning
 from softmax_lab.signals import INTERRUPTS
 from softmax_lab.tracking.logger import UNSENT
@@ -83,6 +84,7 @@ class TrainingRun:
     run_dir: Path
     overrides: list[str] = field(default_factory=list)
     tracker: object = field(default_factory=NoTracking)
+    phases: Phases = field(default_factory=Phases)  # where the run's seconds go (phases.json, make bench)
 
     @property
     def recorder(self) -> EpochRecorder:
@@ -112,7 +114,9 @@ def _train(cfg: DictConfig, stack: contextlib.ExitStack) -> dict[str, float]:
     resume = Resume.read(cfg.ckpt_path) if cfg.ckpt_path else None
     if resume is not None and resume.run_dir is not None:  # continue in the interrupted run's own dir
         OmegaConf.update(cfg, "paths.output_dir", str(resume.run_dir))
+    phases = Phases(since_process_start=ctx.get("job_num", 0) == 0)  # a sweep's later jobs: from their own start
     run = build_run(cfg, ctx.get("overrides", []))
+    run.phases = phases
     if resume is not None:
         resume.check(run.module.hparams, run.datamodule.hparams)
     on_cluster = ctx.get("launcher", "").startswith("hydra_plugins.hydra_submitit")
@@ -130,6 +134,7 @@ def _train(cfg: DictConfig, stack: contextlib.ExitStack) -> dict[str, float]:
         connecting = pool.submit(run.tracker.connect)
         run.datamodule.load()  # read and validate the files: a DataError stops here, before any run exists
         connecting.result()  # an unreachable store stops here, before training
+    run.phases.mark("build, data and store")
     if resume is not None:
         resume.refuse_if_finished(run.tracker, cfg.trainer.max_epochs, cfg.trainer.get("max_steps", -1))
     if rank_zero:
@@ -193,7 +198,9 @@ def fit_test_record(run: TrainingRun, params: dict[str, str]) -> dict[str, float
     trainer.logger = tracker.lightning_logger(spool=run.run_dir / UNSENT)
     trainer.callbacks.extend(tracker.callbacks())
     checkpointing = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
+    run.phases.mark("run records (config, params, datasets)")
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    run.phases.mark("fit")
     metrics = scalars(trainer.callback_metrics)
     pruned = next((c.pruned_at for c in trainer.callbacks if isinstance(c, TrialPruning) and c.pruned_at), None)
     if pruned is not None and trainer.is_global_zero:  # ran fewer epochs on purpose: it says so, and is tested as is
@@ -202,6 +209,7 @@ def fit_test_record(run: TrainingRun, params: dict[str, str]) -> dict[str, float
     if tracker.enabled and trainer.is_global_zero and not trainer.fast_dev_run:
         tracker.start_model(run.name, params)  # the test metrics are logged linked to the run's model
     trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
+    run.phases.mark("test")
     metrics.update(scalars(trainer.callback_metrics))
     if trainer.fast_dev_run:
         print(f"fast_dev_run: {int(trainer.fast_dev_run)} batch(es) of training, validation and test ran without "
@@ -209,12 +217,18 @@ def fit_test_record(run: TrainingRun, params: dict[str, str]) -> dict[str, float
         return metrics
     if trainer.is_global_zero:
         history = run.recorder.history
-        record_pictures(module, datamodule, history, run.run_dir, run.name, tracker)
-        if tracker.enabled:  # the best checkpoint's weights: test() loaded them
-            classifier = classifier_of(module.state_dict(), module.impl, datamodule.class_names, datamodule.resize,
-                                       datamodule.mean, datamodule.std)
-            tracker.log_model(classifier, model_example(datamodule), module.global_step,
-                              {k: v for k, v in metrics.items() if k.startswith("test/")})
+        # the pictures are drawn (matplotlib, files only) while this thread packages and logs the model
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            drawing = pool.submit(write_run_pictures, module, datamodule, history, run.run_dir, run.name)
+            if tracker.enabled:  # the best checkpoint's weights: test() loaded them
+                classifier = classifier_of(module.state_dict(), module.impl, datamodule.class_names,
+                                           datamodule.resize, datamodule.mean, datamodule.std)
+                tracker.log_model(classifier, model_example(datamodule), module.global_step,
+                                  {k: v for k, v in metrics.items() if k.startswith("test/")})
+            pictures = drawing.result()
+        run.phases.mark("pictures (drawn) and model (logged), side by side")
+        for p in pictures:
+            tracker.log_artifact(p, "tables" if p.suffix == ".csv" else "pictures")
         if best:
             tracker.log_artifact(Path(best), "checkpoints")
         description = run_description(run.name, metrics, history, tracker.model_uri, best, run.run_dir)
@@ -222,5 +236,7 @@ def fit_test_record(run: TrainingRun, params: dict[str, str]) -> dict[str, float
             description = (f"**Pruned** by the Optuna search after epoch {pruned} of {cfg.trainer.max_epochs}: its "
                            f"val/acc was below what the study's pruner lets go on.\n\n{description}")
         tracker.set_description(description)
+        run.phases.mark("artifacts and description")
+        run.phases.write(run.run_dir, [h.get("time/epoch_s", 0.0) for h in history])
         print_summary(metrics, tracker, run.run_dir, best)
     return metrics
