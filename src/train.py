@@ -28,8 +28,9 @@ def main(cfg) -> float:
 
 if __name__ == "__main__":
     from softmax_lab.config import check_command_line
-    from softmax_lab.console import quiet_console
+    from softmax_lab.console import finished, leave_without_teardown, quiet_console
 
+    leave_without_teardown()
     check_command_line("train")
     if sys.argv[1:2] in (["--help"], ["-h"]) or sys.argv[-1:] in (["--help"], ["-h"]):
         from softmax_lab.console import print_help
@@ -40,4 +41,4 @@ if __name__ == "__main__":
     main()
     from softmax_lab.tracking import sweep
 
-    sys.exit(1 if sweep.FAILED_JOBS else 0)
+    finished(1 if sweep.FAILED_JOBS else 0)

@@ -8,6 +8,7 @@ other warning shows. Tests set the same filters in pyproject.toml.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 
 # (message regex, why it is not the user's to act on)
@@ -48,3 +49,33 @@ def print_help(config_name: str, overrides: list[str]) -> None:
     listing = "\n".join(f"{d.relative_to(CONFIG_DIR).as_posix()}: {', '.join(sorted(p.stem for p in d.glob('*.yaml')))}"
                         for d in groups)
     print(template.replace("$APP_CONFIG_GROUPS", listing + "\n").replace("$CONFIG", OmegaConf.to_yaml(cfg)))
+
+
+_DONE: dict[str, int | None] = {"code": None}
+
+
+def leave_without_teardown() -> None:
+    """Registered before the job imports anything heavy, so it runs after every library's own exit handler: once
+    the command ended on its normal path (`finished`), flush the streams and the logs and exit without the
+    interpreter's teardown, which spends seconds here freeing torch's modules. By then every non-daemon thread has
+    been joined and every write of the run is done (the store writes are synchronous). Under coverage (the test
+    suite), whose handler must run after this one, the interpreter exits as usual."""
+    import atexit
+
+    atexit.register(_leave)
+
+
+def finished(code: int) -> None:
+    _DONE["code"] = code
+    sys.exit(code)
+
+
+def _leave() -> None:
+    import os
+
+    if _DONE["code"] is None or os.environ.get("COVERAGE_PROCESS_START") or os.environ.get("COVERAGE_PROCESS_CONFIG"):
+        return
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_DONE["code"])
