@@ -101,6 +101,12 @@ def test_a_trial_reports_each_epoch_and_stops_when_its_pruner_says(make_cfg, tmp
     assert record.user_attrs.get(PRUNED_AT) == pruned_at
 
 
+def test_a_study_in_memory_has_no_trial_to_report_to_and_trains_on(make_cfg):
+    """hydra.sweeper.storage=null with hydra/sweeper/pruner=none: the trial's process cannot see the study."""
+    run = fit_only_with(make_cfg("trainer.max_epochs=2"), TrialPruning(None, "s", 0, optuna.pruners.NopPruner()))
+    assert run.trainer.current_epoch == 2
+
+
 def fit_only_with(cfg, callback):
     from softmax_lab.jobs import train_job
 

@@ -25,7 +25,7 @@ class TrialPruning(pl.Callback):
         self.pruned_at: int | None = None  # the 1-based epoch after which the pruner stopped the trial
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.number is not None and trainer.is_global_zero:
+        if self.number is not None and self.storage is not None and trainer.is_global_zero:  # in memory: no pruning
             self.trial = load_study(self.storage, self.study_name, self.pruner).live_trial(self.number)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
