@@ -217,8 +217,10 @@ def fit_test_record(run: TrainingRun, params: dict[str, str]) -> dict[str, float
         return metrics
     if trainer.is_global_zero:
         history = run.recorder.history
-        # the pictures are drawn (matplotlib, files only) while this thread packages and logs the model
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        # the pictures are drawn (matplotlib, files only) while this thread packages and logs the model; a signal
+        # (raised in this thread, even while it waits for the drawing) does not wait for the drawing to end
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pictures")
+        try:
             drawing = pool.submit(write_run_pictures, module, datamodule, history, run.run_dir, run.name)
             if tracker.enabled:  # the best checkpoint's weights: test() loaded them
                 classifier = classifier_of(module.state_dict(), module.impl, datamodule.class_names,
@@ -226,6 +228,8 @@ def fit_test_record(run: TrainingRun, params: dict[str, str]) -> dict[str, float
                 tracker.log_model(classifier, model_example(datamodule), module.global_step,
                                   {k: v for k, v in metrics.items() if k.startswith("test/")})
             pictures = drawing.result()
+        finally:
+            pool.shutdown(wait=False)
         run.phases.mark("pictures (drawn) and model (logged), side by side")
         for p in pictures:
             tracker.log_artifact(p, "tables" if p.suffix == ".csv" else "pictures")
