@@ -23,6 +23,17 @@ QUIET_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.acc
                  "lightning_fabric.utilities.seed")
 
 
+def redact(uri: str) -> str:
+    """A URI (a tracking store, a study's database) without its password, fit to print or log."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if not parts.password:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def quiet_console() -> None:
     for message, _why in NOT_FOR_USERS:
         warnings.filterwarnings("ignore", message)

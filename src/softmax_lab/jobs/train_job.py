@@ -91,7 +91,7 @@ class TrainingRun:
         return next(c for c in self.trainer.callbacks if isinstance(c, EpochRecorder))
 
 
-def build_run(cfg: DictConfig, overrides: list[str] = ()) -> TrainingRun:
+def build_run(cfg: DictConfig, overrides: list[str] = (), phases: Phases | None = None) -> TrainingRun:
     """What `cfg` trains, built and checked, before any data is read or any run exists: the data module and the
     module (seeded), the Trainer with the flags the module honours by hand taken out (trainer/flags.py), a
     strategy that cannot train the module refused. ConfigError for anything that cannot be honoured."""
@@ -106,7 +106,7 @@ def build_run(cfg: DictConfig, overrides: list[str] = ()) -> TrainingRun:
     check_trainer(trainer, flags, cfg.model.impl)
     loss_name = name_of(cfg.loss._target_)
     return TrainingRun(cfg, module, datamodule, trainer, run_name(loss_name, cfg.model.impl, list(overrides)),
-                       loss_name, Path(cfg.paths.output_dir), list(overrides))
+                       loss_name, Path(cfg.paths.output_dir), list(overrides), phases=phases or Phases())
 
 
 def _train(cfg: DictConfig, stack: contextlib.ExitStack) -> dict[str, float]:
@@ -114,9 +114,8 @@ def _train(cfg: DictConfig, stack: contextlib.ExitStack) -> dict[str, float]:
     resume = Resume.read(cfg.ckpt_path) if cfg.ckpt_path else None
     if resume is not None and resume.run_dir is not None:  # continue in the interrupted run's own dir
         OmegaConf.update(cfg, "paths.output_dir", str(resume.run_dir))
-    phases = Phases(since_process_start=ctx.get("job_num", 0) == 0)  # a sweep's later jobs: from their own start
-    run = build_run(cfg, ctx.get("overrides", []))
-    run.phases = phases
+    # the clock from the process's start; a sweep's later jobs from their own
+    run = build_run(cfg, ctx.get("overrides", []), Phases(since_process_start=ctx.get("job_num", 0) == 0))
     if resume is not None:
         resume.check(run.module.hparams, run.datamodule.hparams)
     on_cluster = ctx.get("launcher", "").startswith("hydra_plugins.hydra_submitit")

@@ -161,3 +161,44 @@ def sweep_chart(rows: list[dict], path: Path) -> Path:
     fig.suptitle("Sweep: each loss and implementation")
     fig.tight_layout()
     return save(fig, path)
+
+
+def search_history(points: list[tuple[int, str, float | None]], weights: dict[str, float], mine: set[int],
+                   path: Path, name: str) -> Path:
+    """An Optuna search. Left: each trial's val/acc_best by trial number (points: (number, state, value); pruned ones
+    at their last report), the best so far as a line, this search's trials filled. Right: the importance of each
+    searched key."""
+    fig, (ax, imp) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 2]})
+    done = [(n, v) for n, state, v in points if state == "COMPLETE" and v is not None]
+    if done:
+        ax.scatter([n for n, _ in done], [v for _, v in done], marker="o", edgecolors="C0", label="complete", zorder=3,
+                   c=["C0" if n in mine else "none" for n, _ in done])
+    pruned = [(n, v) for n, state, v in points if state == "PRUNED" and v is not None]
+    if pruned:  # a cross has no face
+        ax.scatter([n for n, _ in pruned], [v for _, v in pruned], marker="x", c="C1", label="pruned (last report)",
+                   zorder=3)
+    if done:
+        best = np.maximum.accumulate([v for _, v in sorted(done)])
+        ax.step([n for n, _ in sorted(done)], best, where="post", color="C2", label=f"best so far ({best[-1]:.4f})")
+    for i, number in enumerate(n for n, state, _ in points if state == "FAIL"):
+        ax.axvline(number, color="C3", alpha=0.3, linewidth=1, label="failed" if i == 0 else None)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial (filled: this search)")
+    ax.set_ylabel("val/acc_best")
+    ax.set_title(f"Optimisation history: {name}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    if weights:
+        keys = list(weights)[::-1]
+        bars = imp.barh(keys, [weights[k] for k in keys], color="C0")
+        imp.bar_label(bars, [f"{weights[k]:.2f}" for k in keys], padding=3, fontsize=8)
+        imp.set_xlim(0, 1)
+        imp.set_xlabel("importance (fANOVA, share of the variance)")
+    else:
+        imp.text(0.5, 0.5, "importances need two complete\ntrials with different values", ha="center",
+                 va="center", transform=imp.transAxes)
+        imp.set_xticks([])
+        imp.set_yticks([])
+    imp.set_title("Parameter importance", fontsize=9)
+    fig.subplots_adjust(left=0.08, right=0.97, bottom=0.14, top=0.9, wspace=0.55)
+    return save(fig, path)

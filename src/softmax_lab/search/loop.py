@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from softmax_lab.errors import ConfigError, RunInterrupted
 from softmax_lab.search.report import write_report
 from softmax_lab.search.space import SearchSpace, search_space
-from softmax_lab.search.study import INTERRUPTED, Study, check_pruning, open_study, redact
+from softmax_lab.search.study import INTERRUPTED, Study, check_pruning, open_study, shown
 from softmax_lab.signals import INTERRUPTS
 
 log = logging.getLogger("softmax_lab.search")
@@ -62,7 +62,7 @@ def run_search(launcher, config: DictConfig, arguments: list[str]) -> None:
     sweeper = config.hydra.sweeper
     space, study = plan(sweeper, arguments)
     already = len(study.study.get_trials(deepcopy=False))
-    print(f"Optuna study {sweeper.study_name!r} ({redact(sweeper.storage)}): {already} trial(s) so far; this "
+    print(f"Optuna study {sweeper.study_name!r} ({shown(sweeper.storage)}): {already} trial(s) so far; this "
           f"search adds {sweeper.n_trials}, {sweeper.n_jobs} at a time", flush=True)
     for key, (value, searched) in space.fixed.items():
         print(f"  {key}={value} from the command line: fixed, not searched over {searched}", flush=True)
@@ -72,7 +72,7 @@ def run_search(launcher, config: DictConfig, arguments: list[str]) -> None:
             _trials(launcher, sweeper, space, study, mine)
         except (RunInterrupted, KeyboardInterrupt, SystemExit) as e:
             _stopped(study, mine, e)
-    write_report(study.study, space, mine, config.hydra.sweep.dir, redact(sweeper.storage))
+    write_report(study.study, space, mine, config.hydra.sweep.dir, shown(sweeper.storage))
 
 
 def numbered_runs(numbers: list[int]) -> list[tuple[int, int]]:

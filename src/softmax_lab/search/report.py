@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from softmax_lab.files import write_text
+from softmax_lab.pictures.charts import search_history
 from softmax_lab.search.space import SearchSpace
 
 REPORT, PICTURE = "search.md", "search.png"
@@ -60,7 +61,7 @@ def write_report(study, space: SearchSpace, mine: list[int], sweep_dir, storage:
     if complete:  # Hydra's Optuna sweeper's file, for scripts that read it
         files.append(write_text(sweep_dir / "optimization_results.yaml", OmegaConf.to_yaml(
             {"name": "optuna", "best_params": dict(study.best_trial.params), "best_value": study.best_trial.value})))
-    files.append(history_picture(trials, weights, set(mine), sweep_dir / PICTURE, study.study_name))
+    files.append(search_history(trial_points(trials), weights, set(mine), sweep_dir / PICTURE, study.study_name))
     return files
 
 
@@ -70,54 +71,11 @@ def _span(numbers: list[int]) -> str:
     return f"{min(numbers)}-{max(numbers)}" if len(numbers) > 1 else str(numbers[0])
 
 
-def history_picture(trials, weights: dict, mine: set[int], path: Path, name: str) -> Path:
-    """Left: each trial's val/acc_best by trial number (pruned ones at their last report), the best so far as a
-    line, this search's trials filled. Right: the importance of each searched key."""
-    from matplotlib.ticker import MaxNLocator
-    from optuna.trial import TrialState
-
-    from softmax_lab.pictures.canvas import plt, save
-
-    fig, (ax, imp) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 2]})
-    for state, marker, color, label in ((TrialState.COMPLETE, "o", "C0", "complete"),
-                                        (TrialState.PRUNED, "x", "C1", "pruned (last report)")):
-        shown = [t for t in trials if t.state == state and (t.value is not None or t.intermediate_values)]
-        values = [t.value if t.value is not None else t.intermediate_values[max(t.intermediate_values)]
-                  for t in shown]
-        faces = [color if t.number in mine else "none" for t in shown]
-        if shown and marker == "o":
-            ax.scatter([t.number for t in shown], values, marker=marker, c=faces, edgecolors=color, label=label,
-                       zorder=3)
-        elif shown:  # a cross has no face
-            ax.scatter([t.number for t in shown], values, marker=marker, c=color, label=label, zorder=3)
-    done = sorted((t.number, t.value) for t in trials if t.state == TrialState.COMPLETE)
-    if done:
-        best, xs, ys = -float("inf"), [], []
-        for number, value in done:
-            best = max(best, value)
-            xs.append(number)
-            ys.append(best)
-        ax.step(xs, ys, where="post", color="C2", label=f"best so far ({best:.4f})")
-    failed = [t.number for t in trials if t.state == TrialState.FAIL]
-    for i, number in enumerate(failed):
-        ax.axvline(number, color="C3", alpha=0.3, linewidth=1, label="failed" if i == 0 else None)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("trial (filled: this search)")
-    ax.set_ylabel("val/acc_best")
-    ax.set_title(f"Optimisation history: {name}", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    if weights:
-        keys = list(weights)[::-1]
-        bars = imp.barh(keys, [weights[k] for k in keys], color="C0")
-        imp.bar_label(bars, [f"{weights[k]:.2f}" for k in keys], padding=3, fontsize=8)
-        imp.set_xlim(0, 1)
-        imp.set_xlabel("importance (fANOVA, share of the variance)")
-    else:
-        imp.text(0.5, 0.5, "importances need two complete\ntrials with different values", ha="center",
-                 va="center", transform=imp.transAxes)
-        imp.set_xticks([])
-        imp.set_yticks([])
-    imp.set_title("Parameter importance", fontsize=9)
-    fig.subplots_adjust(left=0.08, right=0.97, bottom=0.14, top=0.9, wspace=0.55)
-    return save(fig, path)
+def trial_points(trials) -> list[tuple[int, str, float | None]]:
+    """(number, state, value) of each trial: a pruned one at its last reported val/acc, a failed one without."""
+    points = []
+    for t in trials:
+        value = t.value if t.value is not None else (t.intermediate_values[max(t.intermediate_values)]
+                                                     if t.intermediate_values else None)
+        points.append((t.number, t.state.name, value))
+    return points

@@ -12,23 +12,16 @@ from filelock import FileLock
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from softmax_lab.console import redact
 from softmax_lab.errors import ConfigError
 
 PRUNED_AT = "pruned_at_epoch"  # the trial's user attribute a pruned trial sets (search/pruning.py)
 INTERRUPTED = "interrupted"  # a trial failed because its search was stopped
 
 
-def redact(storage: str | None) -> str:
-    """The storage URL without its password, fit to print and log."""
-    if storage is None:
-        return "in memory"
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(storage).render_as_string(hide_password=True)
-    except ArgumentError:
-        return storage
+def shown(storage: str | None) -> str:
+    """The study's storage as printed: without its password, or 'in memory'."""
+    return redact(storage) if storage else "in memory"
 
 
 def sqlite_file(storage: str | None) -> Path | None:
@@ -109,11 +102,11 @@ def open_study(storage_url: str | None, name: str, direction: str = "maximize", 
                                         sampler=sampler or optuna.samplers.RandomSampler(),
                                         pruner=instantiate(pruner) if pruner is not None else None)
     except (SQLAlchemyError, OSError, ValueError, ImportError) as e:
-        raise ConfigError(f"hydra.sweeper.storage={redact(storage_url)}: the study {name!r} cannot be opened "
+        raise ConfigError(f"hydra.sweeper.storage={shown(storage_url)}: the study {name!r} cannot be opened "
                           f"({str(e).splitlines()[0][:300]}). Fix: give a reachable database URL, e.g. "
                           "sqlite:///outputs/optuna/search.db or postgresql://user@host/db.") from e
     if study.direction.name.lower() != str(direction).lower():
-        raise ConfigError(f"hydra.sweeper.direction={direction}: the study {name!r} in {redact(storage_url)} "
+        raise ConfigError(f"hydra.sweeper.direction={direction}: the study {name!r} in {shown(storage_url)} "
                           f"was made to {study.direction.name.lower()}. Fix: use its direction, or another "
                           "hydra.sweeper.study_name for a new study.")
     return Study(study, storage, storage.get_study_id_from_name(name))

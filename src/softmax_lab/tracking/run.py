@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from softmax_lab.console import redact
 from softmax_lab.errors import RunInterrupted, TrackingError, UserError
 from softmax_lab.signals import protected
 from softmax_lab.tracking.logger import BufferedMlflowLogger, FlushMetrics
@@ -20,7 +21,7 @@ from softmax_lab.tracking.run_fields import MAX_TAG_VALUE
 from softmax_lab.tracking.run_model import RunModel
 from softmax_lab.tracking.store import GONE, connect, first_line, store_errors, store_write
 from softmax_lab.tracking.sweep_jobs import PARENT_RUN_ENV
-from softmax_lab.tracking.uris import browse_hint, redact, resolve_tracking_uri
+from softmax_lab.tracking.uris import browse_hint, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from softmax_lab.console import redact
 from softmax_lab.errors import StoreGone, TrackingError
 from softmax_lab.signals import protected
-from softmax_lab.tracking.uris import artifact_location_for, redact, runs_view, sqlite_path
+from softmax_lab.tracking.uris import artifact_location_for, runs_view, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +50,20 @@ HTTP_PATIENCE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BA
 GONE: dict[str, str] = {}  # store URI -> why: a store that stopped answering gets no more writes from this process
 
 
-def unreachable(e: BaseException) -> bool:
-    """A server that does not answer (refused, reset, timed out after the retries), not one that refuses a write."""
+# What a request that got no answer says, and how the run's one line says it
+SYMPTOMS = (("Connection refused", "connection refused"), ("timed out", "timed out"),
+            ("RemoteDisconnected", "connection closed"), ("Connection aborted", "connection closed"),
+            ("Name or service not known", "host unknown"), ("Max retries exceeded", "no answer"))
+
+
+def symptom(e: BaseException) -> str | None:
+    """How a server that does not answer (refused, reset, timed out after the retries) failed; None for one that
+    answered, refusing a write."""
     from requests.exceptions import ConnectionError, RetryError, Timeout
 
     text = str(e)
-    return isinstance(e, ConnectionError | RetryError | Timeout) or any(
-        s in text for s in ("Max retries exceeded", "Read timed out", "Connection aborted", "Connection refused"))
-
-
-def _symptom(e: BaseException) -> str:
-    text = str(e)
-    for needle, said in (("Connection refused", "connection refused"), ("timed out", "timed out"),
-                         ("RemoteDisconnected", "connection closed"), ("Connection aborted", "connection closed"),
-                         ("Name or service not known", "host unknown")):
-        if needle in text:
-            return said
-    return first_line(e)[:160]
+    said = next((said for needle, said in SYMPTOMS if needle in text), None)
+    return said or ("no answer" if isinstance(e, ConnectionError | RetryError | Timeout) else None)
 
 
 @contextlib.contextmanager
@@ -79,8 +77,8 @@ def store_write(uri: str):
         with protected():
             yield
     except store_errors() as e:
-        if unreachable(e):
-            GONE[uri] = (f"the MLflow tracking server {redact(uri)} stopped answering ({_symptom(e)}) through "
+        if symptom(e) is not None:
+            GONE[uri] = (f"the MLflow tracking server {redact(uri)} stopped answering ({symptom(e)}) through "
                          "MLflow's retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, _BACKOFF_FACTOR, _TIMEOUT)")
             raise StoreGone(GONE[uri]) from e
         raise TrackingError(f"the MLflow store {redact(uri)} refused a write ({first_line(e)[:200]}). {FIX}") from e

@@ -52,20 +52,17 @@ def is_search(config: DictConfig) -> bool:
     return config.hydra.sweeper.get("_target_") == SEARCH_SWEEPER
 
 
-def sweep_overrides(config: DictConfig) -> tuple[dict[str, str], dict[str, str]]:
+def sweep_overrides(config: DictConfig, space=None) -> tuple[dict[str, str], dict[str, str]]:
     """What the sweep varies, key -> its values as typed (`key=a,b`, `key=range(...)`/`choice(...)`; for an Optuna
-    search the space it really searches), and the keys a search's space names that the command line fixes."""
+    search, `space`: the space it really searches), and the keys a search's space names that the command line fixes."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    task = list(config.hydra.overrides.task)
-    if is_search(config):
+    if space is not None:
         from softmax_lab.search.loop import TRIAL_KEY
-        from softmax_lab.search.space import search_space
 
-        space = search_space(config.hydra.sweeper.get("params"), task)
         fixed = {k: f"{v} (fixed by the command line; the space said {was})" for k, (v, was) in space.fixed.items()}
         return {TRIAL_KEY: "the Optuna trial's number", **space.described}, fixed
-    parsed = OverridesParser.create().parse_overrides(task)
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     return {o.key_or_group.lstrip("+~"): o.input_line.split("=", 1)[1] for o in parsed if o.is_sweep_override()}, {}
 
 
@@ -93,14 +90,15 @@ class MlflowSweepCallback(Callback):
         global FAILED_JOBS, ACTIVE
         FAILED_JOBS, ACTIVE = 0, self
         HydraConfig.instance().set_config(config)  # so ${hydra:...} resolves here
+        space = None
         if is_search(config):  # a search that cannot run is refused in one line, before its parent run exists
             from softmax_lab.search.loop import plan
 
             try:
-                plan(config.hydra.sweeper, list(config.hydra.overrides.task))
+                space, _ = plan(config.hydra.sweeper, list(config.hydra.overrides.task))
             except UserError as e:
                 refuse(e)
-        swept, fixed = sweep_overrides(config)
+        swept, fixed = sweep_overrides(config, space)
         os.environ[SWEPT_KEYS_ENV] = ",".join(swept)
         if not str(config.logger.get("_target_", "")).endswith("MlflowTracker"):
             return

@@ -12,8 +12,9 @@ import logging
 import os
 import sys
 
+from softmax_lab.console import redact
 from softmax_lab.tracking.store import store_errors
-from softmax_lab.tracking.uris import redact, runs_url, sqlite_path, ui_base
+from softmax_lab.tracking.uris import runs_url, sqlite_path, ui_base
 
 
 def experiment_links(store: str, port: int) -> list[str]:

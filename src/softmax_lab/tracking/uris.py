@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from softmax_lab.config import PROJECT_ROOT
 
@@ -48,15 +47,6 @@ def artifact_location_for(uri: str) -> str | None:
     a server decides for itself."""
     db = sqlite_path(uri)
     return (db.parent / "mlartifacts").as_uri() if db is not None else None
-
-
-def redact(uri: str) -> str:
-    """A URI without its password, fit to print or log."""
-    parts = urlsplit(uri)
-    if not parts.password:
-        return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def ui_base(uri: str, port: int = 5000) -> str:
