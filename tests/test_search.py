@@ -74,6 +74,8 @@ def test_a_study_for_the_other_direction_or_pruning_in_memory_is_refused(tmp_pat
     open_study(storage, "s", "maximize")
     with pytest.raises(ConfigError, match="made to maximize"):
         open_study(storage, "s", "minimize")
+    with pytest.raises(ConfigError, match="direction=sideways is not allowed: expected maximize"):
+        open_study(storage, "s", "sideways")
     with pytest.raises(ConfigError, match="pruning"):
         check_pruning(None, OmegaConf.create({"_target_": "optuna.pruners.MedianPruner"}))
     check_pruning(None, OmegaConf.create({"_target_": "optuna.pruners.NopPruner"}))

@@ -95,6 +95,9 @@ def open_study(storage_url: str | None, name: str, direction: str = "maximize", 
     from sqlalchemy.exc import SQLAlchemyError
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search prints its own lines
+    if str(direction).lower() not in ("maximize", "minimize"):
+        raise ConfigError(f"hydra.sweeper.direction={direction} is not allowed: expected maximize (val/acc_best, "
+                          "the trials' result) or minimize.")
     try:
         with creating(storage_url):
             storage = optuna.storages.get_storage(storage_url)
