@@ -38,7 +38,13 @@ if __name__ == "__main__":
         print_help("train", [a for a in sys.argv[1:] if a not in ("--help", "-h")])
         sys.exit(0)
     quiet_console()
-    main()
+    try:
+        main()
+    except BaseException as e:  # noqa: B036 - only a signal is acted on (sweep.stopped); everything goes on up
+        from softmax_lab.tracking import sweep
+
+        sweep.stopped(e)  # a signal: a sweep under way ends as a unit, the command with the signal's exit code
+        raise
     from softmax_lab.tracking import sweep
 
     finished(1 if sweep.FAILED_JOBS else 0)

@@ -76,8 +76,11 @@ def test_a_diverged_run_shows_its_blow_up(make_cfg, tmp_path):
     assert runs[0].info.status == "FAILED"
     curve = client.get_metric_history(runs[0].info.run_id, "train/loss_step")
     steps, values = [m.step for m in curve], [m.value for m in curve]
-    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2  # every step up to the divergence
-    assert values[0] < 10 and not values[-1] < 1e300  # MLflow stores inf as the largest float
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2  # every finite step up to the divergence
+    assert values[0] < 10 and all(v < 1e300 for v in values)  # never MLflow's stand-in for inf (the largest float)
+    tags = runs[0].data.tags  # the non-finite value said as such, where it happened; the run's state says why
+    assert tags["nonfinite/train/loss_step"] in {f"{x} at step {len(steps) + 1}" for x in ("inf", "nan", "-inf")}
+    assert tags["state"] == "diverged"
 
 
 def test_a_sweep_parent_links_its_best_run_and_says_the_shared_overrides_once():

@@ -189,7 +189,7 @@ def test_bug6_the_sweep_parent_never_stays_running(tmp_path, monkeypatch, summar
 
     uri = store_of(tmp_path)
     callback = sweep.MlflowSweepCallback()
-    callback.client, callback.experiment_id = connect(uri, "fashion-mnist-softmax")
+    callback.uri, (callback.client, callback.experiment_id) = uri, connect(uri, "fashion-mnist-softmax")
     callback.parent_run_id = callback.client.create_run(callback.experiment_id).info.run_id
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir_with_outcomes(tmp_path))}}})
     if summary_fails:

@@ -139,10 +139,11 @@ def test_metrics_share_one_step_axis_of_sgd_steps(make_cfg, tmp_path, impl):
     client, runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     rid = runs[0].info.run_id
     steps = {k: [m.step for m in client.get_metric_history(rid, k)] for k in
-             ("train/loss", "val/acc", "time/epoch_s", "train/loss_step")}
+             ("train/loss", "val/acc", "time/epoch_s", "train/loss_step", "epoch")}
     assert steps == {"train/loss": [10, 20], "val/acc": [10, 20], "time/epoch_s": [10, 20],
-                     "train/loss_step": [4, 8, 12, 16, 20]}
-    assert "epoch" not in runs[0].data.metrics  # a chart of it would only restate the step
+                     "train/loss_step": [4, 8, 12, 16, 20], "epoch": [10, 20]}
+    # the epoch (1-based) at the steps of the validation: the x axis of a sweep's curves (tracking/uris.sweep_view)
+    assert [m.value for m in client.get_metric_history(rid, "epoch")] == [1, 2]
     # one number per run, at step 0: MLflow draws a metric no run logged at a step >= 1 as bars, not as a line
     assert [m.step for m in client.get_metric_history(rid, "test/acc")] == [0]
 

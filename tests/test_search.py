@@ -60,9 +60,54 @@ def test_a_space_optuna_cannot_search_is_refused_in_one_line(params, words):
     from softmax_lab.search.loop import plan
 
     sweeper = OmegaConf.create({"params": params, "storage": None, "pruner": None, "study_name": "s",
-                                "direction": "maximize"})
+                                "direction": "maximize", "n_trials": 2, "n_jobs": 1})
     with pytest.raises(ConfigError, match=words):
         plan(sweeper, [])
+
+
+@pytest.mark.parametrize("key, value", [("n_trials", -1), ("n_trials", 0), ("n_trials", "abc"), ("n_trials", 2.5),
+                                        ("n_jobs", 0), ("n_jobs", True)])
+def test_trial_counts_a_search_cannot_run_are_refused_in_one_line(key, value):
+    from omegaconf import OmegaConf
+
+    from softmax_lab.search.loop import plan
+
+    sweeper = OmegaConf.create({"params": {"optimizer.lr": "interval(0.01, 0.1)"}, "storage": None, "pruner": None,
+                                "study_name": "s", "direction": "maximize", "n_trials": 2, "n_jobs": 1, key: value})
+    with pytest.raises(ConfigError, match=f"hydra.sweeper.{key}={value} is not allowed: expected a whole number"):
+        plan(sweeper, [])
+
+
+def test_a_descending_range_searches_the_same_values_as_hydra_sweeps_them():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from optuna.distributions import IntDistribution
+
+    from softmax_lab.search.space import search_space
+
+    space = search_space({"trainer.max_epochs": "range(30,5,step=-5)"}, [])
+    assert space.distributions["trainer.max_epochs"] == IntDistribution(10, 30, step=5)
+    hydra_values = list(OverridesParser.create().parse_override("k=range(30,5,step=-5)").sweep_iterator())
+    assert sorted(hydra_values) == list(range(10, 31, 5))
+
+
+def test_a_continued_study_whose_space_changed_is_refused_in_one_line(tmp_path):
+    from omegaconf import OmegaConf
+
+    from softmax_lab.search.loop import plan, suggest
+
+    def sweeper(batch_sizes):
+        return OmegaConf.create({"params": {"data.batch_size": f"choice({batch_sizes})"}, "pruner": None,
+                                 "storage": f"sqlite:///{tmp_path / 'study.db'}", "study_name": "s",
+                                 "direction": "maximize", "n_trials": 1, "n_jobs": 1})
+
+    space, study = plan(sweeper("64, 128, 256"), [])
+    trial = study.study.ask()
+    suggest(trial, space)
+    study.study.tell(trial, 0.8)
+    assert plan(sweeper("64, 128, 256"), [])[1].study.trials[0].value == 0.8  # the same space continues
+    with pytest.raises(ConfigError, match=r"data.batch_size=choice\(32, 64\) differs from what the study 's' "
+                                          r"searched before .*Fix: search the same space"):
+        plan(sweeper("32, 64"), [])
 
 
 def test_a_study_for_the_other_direction_or_pruning_in_memory_is_refused(tmp_path):
@@ -153,8 +198,15 @@ def test_a_search_continues_its_study_and_a_stopped_one_fails_its_trial(tiny_dat
     description = parent.data.tags["mlflow.note.content"]
     best = max(study.values(), key=lambda t: t.value)
     assert f"Best: trial {best.number}" in description and "python src/train.py" in description
-    command = next(line.strip() for line in description.splitlines() if line.strip().startswith("python src/"))
+    block = "python src/train.py" + description.split("python src/train.py", 1)[1].split("\n\n", 1)[0]
+    assert max(len(line) for line in block.splitlines()) < 100  # one override a line: it wraps on the page
+    command = " ".join(block.replace("\\\n", " ").split())  # and pastes as one command in a POSIX shell
     assert f"optimizer.lr={best.params['optimizer.lr']!r}" in command and "hparams_search" not in command
+    # each trial's run reads short: its number first, its values to 4 significant digits
+    for k in kids:
+        lr = float(k.data.params["optimizer.lr"])
+        assert k.info.run_name.startswith(f"trial {k.data.tags['optuna_trial']}: loss=ce impl=nn")
+        assert f"optimizer.lr={lr:.4g}" in k.info.run_name and k.data.tags["kind"] == "train"
     assert {"search.png", "search.md"} <= {a.path.split("/")[-1] for a in client.list_artifacts(
         parent.info.run_id, "summary")}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
@@ -62,7 +63,18 @@ def test_loss_by_impl_sweep_is_one_parent_with_children_and_a_summary(tiny_data,
     assert not [k for k in parent.data.metrics if not k.startswith("winner/")]
     assert parent.data.params == {"loss": "ce,mse", "impl": "scratch,nn"}
     note = parent.data.tags["mlflow.note.content"]
-    assert note.startswith("**Sweep of 4 jobs, 0 not finished.** Best: [job ") and "| mse | nn | FINISHED |" in note
+    assert note.startswith("**Sweep of 4 jobs, 0 not finished.**\n\n**Best by validation** (val/acc_best, the "
+                           "sweep's objective): [job ") and "| mse | nn | FINISHED |" in note
+    # each job says which sweep it belongs to (the runs table's sweep column); the sweep prints its own view's link
+    assert {c.data.tags["sweep"] for c in children} == {parent.data.tags["sweep"]}
+    assert parent.data.tags["sweep"].endswith(" loss=ce,mse impl=scratch,nn") and parent.data.tags["kind"] == "sweep"
+    assert f"this sweep: http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs?viewStateShareKey=" \
+           f"sweep-{parent.info.run_id}&compareRunsMode=CHART" in r.stdout
+    view = json.loads(client.get_experiment(parent.info.experiment_id).tags[
+        f"mlflow.sharedViewState.sweep-{parent.info.run_id}"])
+    shown = client.search_runs([parent.info.experiment_id], filter_string=view["searchFilter"])
+    assert sorted(x.info.run_id for x in shown) == sorted(c.info.run_id for c in children)
+    assert view["selectedColumns"][:2] == ["params.`loss`", "params.`impl`"]
     assert parent.data.tags["mlflow.source.name"] == "src/train.py -m"
 
 
@@ -71,7 +83,7 @@ def test_a_diverging_job_fails_alone(tiny_data, tmp_path):
     assert r.returncode == 1  # the sweep says a job failed
     assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED"]
     failed = next(c for c in children if c.info.status == "FAILED")
-    assert "diverged" in failed.data.tags["failure_reason"]
+    assert "diverged" in failed.data.tags["failure_reason"] and failed.data.tags["state"] == "diverged"
     rows = read_summary(tmp_path)
     assert sorted(x["status"] for x in rows) == ["FAILED", "FINISHED"]
     assert "Traceback" not in r.stdout + r.stderr

@@ -126,7 +126,7 @@ def test_a_run_is_recorded_whole_in_mlflow(make_cfg, tmp_path):
     assert any(a.startswith("checkpoints/best-epoch") for a in artifacts)
     local = Path(client.download_artifacts(rid, "pictures", str(tmp_path / "dl")))
     sizes = {p.name: Image.open(p).size for p in local.glob("*.png")}
-    assert sizes["samples.png"] == (1350, 380) and sizes["curves.png"] == (600, 400)
+    assert sizes["samples.png"] == (1350, 380) and sizes["curves.png"] == (650, 440)
     table = Path(client.download_artifacts(rid, "tables/per_class_accuracy.csv", str(tmp_path / "dl2")))
     rows = table.read_text().splitlines()
     assert rows[0] == "class_id,class,test_acc" and len(rows) == 11 and rows[10].startswith("9,ankle boot,")
@@ -200,10 +200,24 @@ def test_eval_reproduces_the_training_runs_test_accuracy(make_cfg, tmp_path, tin
     result = evaluate(ecfg)
     assert result["test/acc"] == metrics["test/acc"]
     client, runs = mlflow_runs(store)
-    train_run = next(r for r in runs if "kind" not in r.data.tags)
+    train_run = next(r for r in runs if r.data.tags.get("kind") == "train")
     eval_run = next(r for r in runs if r.data.tags.get("kind") == "eval")
     assert eval_run.data.tags["source_run_id"] == train_run.info.run_id and eval_run.info.status == "FINISHED"
+    assert eval_run.data.tags["state"] == "finished"
     assert (tmp_path / "eval" / "confusion_matrix.png").exists()
+    # it says what it evaluated, linked to its training run, and measured on the training run's test dataset
+    note = eval_run.data.tags["mlflow.note.content"]
+    assert note.startswith(f"**Evaluation** of checkpoint `{best.name}` from training run [{train_run.info.run_name}]"
+                           f"(#/experiments/{train_run.info.experiment_id}/runs/{train_run.info.run_id})")
+    assert f"test accuracy **{metrics['test/acc']:.4f}**" in note
+    [test_input] = eval_run.inputs.dataset_inputs
+    trained_on = {i.dataset.digest: i.dataset.name for i in train_run.inputs.dataset_inputs}
+    assert trained_on[test_input.dataset.digest] == test_input.dataset.name == "fashion-mnist test"
+    # the leaderboard the printed link opens leaves it out; the training run is in it
+    from softmax_lab.tracking.uris import LEADERBOARD_FILTER
+
+    shown = client.search_runs([train_run.info.experiment_id], filter_string=LEADERBOARD_FILTER)
+    assert [r.info.run_id for r in shown] == [train_run.info.run_id]
 
 
 def compose_eval(overrides, output_dir):

@@ -29,7 +29,3 @@ class OptunaSweeper(Sweeper):
         except UserError as e:  # the study's database went away mid-search, say
             end_parent_run("FAILED", str(e))
             refuse(e)
-        except SystemExit as e:  # stopped by a signal: its trials are FAIL in the study (search/loop.py)
-            if e.code:
-                end_parent_run("KILLED", "the search was stopped")
-            raise

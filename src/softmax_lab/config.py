@@ -48,10 +48,19 @@ def check_command_line(config_name: str) -> None:
     """Before Hydra reads the command line: a `+` on a key the config has is refused in one line (exit 1)."""
     import sys
 
-    message = existing_key_added(sys.argv[1:], config_name)
+    message = existing_key_added(sys.argv[1:], config_name) or search_without_multirun(sys.argv[1:])
     if message is not None:
         print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
+
+
+def search_without_multirun(args: list[str]) -> str | None:
+    """hparams_search=... is a multirun's sweeper: without -m Hydra would train one ordinary run and search nothing."""
+    search = next((a for a in args if a.lstrip("+").startswith("hparams_search=")), None)
+    if search is None or {"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(args):
+        return None
+    return (f"{search} searches over many runs, which only a multirun does; without -m this would be one ordinary "
+            f"run. Fix: python src/train.py -m {' '.join(args)}")
 
 
 def _has_key(tree, dotted: str) -> bool:

@@ -8,6 +8,7 @@ other warning shows. Tests set the same filters in pyproject.toml.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import warnings
 
@@ -32,6 +33,28 @@ def redact(uri: str) -> str:
         return uri
     netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def short_value(value) -> str:
+    """A value as people read it in a name or a table: a float to 4 significant digits (0.0297341206 -> 0.02973,
+    the exact value stays in the params); anything else as it is."""
+    text = str(value)
+    if isinstance(value, bool) or not isinstance(value, float | str):
+        return text
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if text.lstrip("+-").isdigit() or not math.isfinite(number):  # a whole number; inf and nan as they are
+        return text
+    short = f"{number:.4g}"
+    return short if len(short) < len(text) else text
+
+
+def short_overrides(overrides: str) -> str:
+    """`key=value ...` with each value short (short_value)."""
+    return " ".join(f"{o.split('=', 1)[0]}={short_value(o.split('=', 1)[1])}" if "=" in o else o
+                    for o in overrides.split())
 
 
 def quiet_console() -> None:

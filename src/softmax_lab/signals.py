@@ -59,3 +59,17 @@ class Interrupts:
 
 INTERRUPTS = Interrupts()
 protected = INTERRUPTS.protected
+
+
+def raise_on_signals() -> bool:
+    """From now on SIGINT and SIGTERM raise RunInterrupted in this process (a sweep, between and around its jobs:
+    each job installs its own handler for its own time and puts this one back). False off the main thread."""
+    def handler(signum, frame):
+        raise RunInterrupted(signum)
+
+    try:
+        for s in SIGNALS:
+            signal.signal(s, handler)
+    except ValueError:
+        return False
+    return True

@@ -13,7 +13,7 @@ from softmax_lab.config import validate_eval_config
 from softmax_lab.data.datamodule import FashionMNISTDataModule
 from softmax_lab.errors import ConfigError
 from softmax_lab.jobs.naming import hydra_context
-from softmax_lab.jobs.run_report import print_summary, record_pictures, scalars, write_run_config
+from softmax_lab.jobs.run_report import print_summary, record_pictures, scalars, test_table, write_run_config
 from softmax_lab.maths.losses import name_of
 from softmax_lab.signals import INTERRUPTS
 from softmax_lab.steps.lightning_module import module_from_checkpoint
@@ -26,6 +26,21 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test a checkpoint on the official test set as an MLflow run of its own; its metrics."""
     with INTERRUPTS.installed():
         return _evaluate(cfg)
+
+
+def eval_description(path: Path, source_run_id: str | None, tracker, metrics: dict[str, float]) -> str:
+    """What an eval run is: which checkpoint, from which training run (linked when this store holds it), and what it
+    measured; marked as an evaluation (tag kind=eval), which the leaderboard leaves out."""
+    source = "a run this store does not hold" if source_run_id else "no recorded training run"
+    found = tracker.find_run(source_run_id) if source_run_id and tracker.enabled else None
+    if found is not None:
+        source = f"training run [{found.info.run_name}](#/experiments/{found.info.experiment_id}/runs/{source_run_id})"
+    elif source_run_id:
+        source += f" (run id `{source_run_id}`)"
+    acc = f"{metrics['test/acc']:.4f}" if "test/acc" in metrics else "-"
+    return "\n".join([f"**Evaluation** of checkpoint `{path.name}` from {source}, on the official test set: test "
+                      f"accuracy **{acc}**. An evaluation, not a training run: the leaderboard leaves it out (tag "
+                      "kind=eval).", "", f"Checkpoint: `{path.resolve()}`", "", *test_table(metrics)])
 
 
 def _evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -61,10 +76,12 @@ def _evaluate(cfg: DictConfig) -> dict[str, float]:
         for p in write_run_config(run_dir, cfg, overrides):
             tracker.log_artifact(p)
         tracker.log_params(params)
+        tracker.log_datasets(datamodule, ("test",))
         trainer.logger = tracker.lightning_logger()
         trainer.callbacks.extend(tracker.callbacks())
         trainer.test(module, datamodule=datamodule, verbose=False)
         metrics = scalars(trainer.callback_metrics)
         record_pictures(module, datamodule, ckpt.get("history", []), run_dir, name, tracker)
+        tracker.set_description(eval_description(path, ckpt.get("mlflow_run_id"), tracker, metrics))
         print_summary(metrics, tracker, run_dir, "")
         return metrics

@@ -7,6 +7,7 @@ import os
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
+from softmax_lab.console import short_overrides
 from softmax_lab.tracking.sweep_jobs import SWEPT_KEYS_ENV
 
 # Overrides that say where or how things run, not what is trained: left out of run names.
@@ -29,12 +30,17 @@ def hydra_context() -> dict:
     return ctx
 
 
+TRIAL = "search.trial="  # an Optuna search's trial number (hparams_search=optuna): the name starts with it
+
+
 def run_name(loss_name: str, impl: str, overrides: list[str]) -> str:
     """'loss=huber impl=scratch optimizer.lr=0.05': the loss and impl always, then what else was changed (in a
-    sweep: what the sweep varies)."""
+    sweep: what the sweep varies), values to 4 significant digits; a search's trial: 'trial 3: loss=...'."""
     head = [f"loss={loss_name}", f"impl={impl}"]
-    rest = [o for o in overrides if not o.startswith(("loss=", "impl=", *PLACE_KEYS))]
+    trial = next((o[len(TRIAL):] for o in overrides if o.startswith(TRIAL)), None)
+    rest = [o for o in overrides if not o.startswith(("loss=", "impl=", TRIAL, *PLACE_KEYS))]
     swept = os.environ.get(SWEPT_KEYS_ENV)
     if swept is not None:
         rest = [o for o in rest if o.split("=", 1)[0].lstrip("+~") in swept.split(",")]
-    return " ".join(head + rest)
+    name = short_overrides(" ".join(head + rest))
+    return f"trial {trial}: {name}" if trial is not None else name

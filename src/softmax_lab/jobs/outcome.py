@@ -109,8 +109,8 @@ def record_refused_job(cfg, reason: str) -> None:
     try:
         tracker = MlflowTracker(tracking_uri=logger.get("tracking_uri"), experiment_name=logger.experiment_name)
         tracker.connect()
-        tags = {"overrides": " ".join(overrides) or "(defaults)", "job_num": hc.job.num, "sweep_dir": hc.sweep.dir,
-                **what, **source_tags("src/train.py")}
+        tags = {"kind": "train", "overrides": " ".join(overrides) or "(defaults)", "job_num": hc.job.num,
+                "sweep_dir": hc.sweep.dir, **what, **source_tags("src/train.py")}
         tracker.start_run(name or "(defaults)", tags)
         tracker.finish("FAILED", reason, f"**FAILED before training started**: {reason}")
     except UserError as e:  # the store itself is the problem: the job's outcome file still tells

@@ -25,6 +25,15 @@ def write_run_config(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> li
             write_text(run_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))]
 
 
+TEST_KEYS = ("test/acc", "test/loss", "test/nll", "test/ece", "test/brier")
+
+
+def test_table(metrics: dict[str, float]) -> list[str]:
+    """The test metrics as a markdown table's lines."""
+    cells = [f"{metrics[k]:.4f}" if k in metrics else "-" for k in TEST_KEYS]
+    return ["| " + " | ".join(TEST_KEYS) + " |", "|" + "---|" * len(TEST_KEYS), "| " + " | ".join(cells) + " |"]
+
+
 def run_description(name: str, metrics: dict[str, float], history: list[dict], model_uri: str | None, best: str,
                     run_dir: Path) -> str:
     """The run's description in the MLflow UI (markdown): its result at a glance and where everything is."""
@@ -33,9 +42,7 @@ def run_description(name: str, metrics: dict[str, float], history: list[dict], m
 
     best_epoch = max(history, key=lambda h: h.get("val/acc", -1))["epoch"] + 1 if history else "-"
     lines = [f"**{name}**: test accuracy **{m('test/acc')}** (best validation accuracy {m('val/acc_best')} at "
-             f"epoch {best_epoch} of {len(history)}).", "",
-             "| test/acc | test/loss | test/nll | test/ece | test/brier |", "|---|---|---|---|---|",
-             f"| {m('test/acc')} | {m('test/loss')} | {m('test/nll')} | {m('test/ece')} | {m('test/brier')} |", "",
+             f"epoch {best_epoch} of {len(history)}).", "", *test_table(metrics), "",
              "Pictures: `pictures/curves.png`, `reliability.png`, `per_class_accuracy.png`, `confusion_matrix.png`, "
              "`predictions.png`; per-class accuracy: `tables/per_class_accuracy.csv`.",
              f"Model: `{model_uri}` (mlflow.pyfunc.load_model)." if model_uri else "",

@@ -139,7 +139,8 @@ def _train(cfg: DictConfig, stack: contextlib.ExitStack) -> dict[str, float]:
     if rank_zero:
         stack.enter_context(run_dir_lock(run.run_dir))
 
-    tags = {"overrides": " ".join(run.overrides) or "(defaults)", "run_dir": str(run.run_dir), "loss": run.loss_name,
+    tags = {"kind": "train", "overrides": " ".join(run.overrides) or "(defaults)", "run_dir": str(run.run_dir),
+            "loss": run.loss_name,
             "impl": cfg.model.impl, "data_dir": str(run.datamodule.located_dir), **source_tags("src/train.py")}
     if "job_num" in ctx:
         tags.update(sweep_dir=ctx["sweep_dir"], job_num=ctx["job_num"])
@@ -204,6 +205,7 @@ def fit_test_record(run: TrainingRun, params: dict[str, str]) -> dict[str, float
     pruned = next((c.pruned_at for c in trainer.callbacks if isinstance(c, TrialPruning) and c.pruned_at), None)
     if pruned is not None and trainer.is_global_zero:  # ran fewer epochs on purpose: it says so, and is tested as is
         tracker.set_tags({"optuna_state": "PRUNED", "pruned_at_epoch": pruned})
+        tracker.state = "pruned"  # its state tag when it ends (tracking/run.py)
     best = checkpointing.best_model_path if checkpointing is not None else ""
     if tracker.enabled and trainer.is_global_zero and not trainer.fast_dev_run:
         tracker.start_model(run.name, params)  # the test metrics are logged linked to the run's model

@@ -35,7 +35,7 @@ def confusion_matrix(counts, class_names, path: Path, title: str = "Test confusi
 def learning_curves(history: list[dict], path: Path, title: str = "") -> Path:
     """Loss (left axis: train and val) and accuracy (right axis: train and val) per epoch, the best epoch by
     validation accuracy marked (the checkpoint the test used)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4.4))
     acc_ax = ax.twinx()
     epochs = [h["epoch"] + 1 for h in history]
     lines = []
@@ -54,7 +54,7 @@ def learning_curves(history: list[dict], path: Path, title: str = "") -> Path:
     ax.set_xlim(0.5, max(epochs + [1]) + 0.5)
     ax.grid(True, alpha=0.3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(handles=lines, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncols=3, fontsize=7)  # off the lines
+    ax.legend(handles=lines, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=3, fontsize=8.5)  # off the lines
     ax.set_title(title, fontsize=9)
     fig.subplots_adjust(left=0.11, right=0.88, bottom=0.27, top=0.92)
     return save(fig, path)
@@ -130,8 +130,10 @@ def sweep_chart(rows: list[dict], path: Path) -> Path:
     high = min(1.0, max(accs) + 0.02) if accs else 1.0
     eces = [r["test_ece"] for r in finished if r.get("test_ece") is not None]
     top_ece = max(eces + [0.05]) * 1.15
-    fig, (ax, ax_ece) = plt.subplots(1, 2, figsize=(max(9, 1.3 * len(losses) * max(len(impls), 1)), 4.5))
-    small = len(losses) * len(impls) > 12
+    fig_width = max(9, 1.3 * len(losses) * max(len(impls), 1))
+    fig, (ax, ax_ece) = plt.subplots(1, 2, figsize=(fig_width, 4.5))
+    # a bar's width in points (each axes about 0.38 of the figure): a label wider than its bar stands upright
+    small = fig_width * 72 * 0.38 / max(len(losses), 1) * width < 36
     for k, impl in enumerate(impls):
         for i, loss in enumerate(losses):
             match = [r for r in rows if r["loss"] == loss and r["impl"] == impl]

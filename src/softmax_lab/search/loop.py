@@ -24,15 +24,48 @@ log = logging.getLogger("softmax_lab.search")
 TRIAL_KEY = "search.trial"  # the override that tells a job which trial it is (hparams_search=optuna declares it)
 
 
+def count(sweeper: DictConfig, key: str) -> int:
+    """hydra.sweeper.n_trials / n_jobs: a whole number of at least 1, or ConfigError."""
+    value = sweeper.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"hydra.sweeper.{key}={value} is not allowed: expected a whole number of at least 1. Fix: "
+                          f"hydra.sweeper.{key}=" + ("20 (trials this command adds)" if key == "n_trials" else
+                                                     "1 (trials launched at once)") + ".")
+    return value
+
+
+def check_same_space(space: SearchSpace, study: Study, name: str) -> None:
+    """A continued study samples each key from the distribution its earlier trials had (Optuna refuses another one
+    mid-search, in a traceback): a changed space is ConfigError here."""
+    from optuna.distributions import check_distribution_compatibility
+
+    earlier = {}
+    for t in study.study.get_trials(deepcopy=False):
+        earlier.update(t.distributions)
+    for key, new in space.distributions.items():
+        if key not in earlier:
+            continue
+        try:
+            check_distribution_compatibility(earlier[key], new)
+        except ValueError as e:
+            raise ConfigError(f"search space: {key}={space.described[key]} differs from what the study {name!r} "
+                              f"searched before ({earlier[key]}; {e}). Fix: search the same space to continue it, "
+                              "or start a new study with hydra.sweeper.study_name=<another>.") from e
+
+
 def plan(sweeper: DictConfig, arguments: list[str]) -> tuple[SearchSpace, Study]:
     """The space and the opened study, checked: ConfigError before any trial (and before the sweep's MLflow run)."""
+    count(sweeper, "n_trials")
+    count(sweeper, "n_jobs")
     space = search_space(sweeper.get("params"), [a for a in arguments if not a.startswith(TRIAL_KEY + "=")])
     if not space.distributions:
         raise ConfigError("hparams_search=optuna has nothing to search: hydra.sweeper.params is empty and the "
                           "command line sweeps nothing. Fix: give hydra.sweeper.params, or key=choice(a,b) on the "
                           "command line.")
     check_pruning(sweeper.storage, sweeper.pruner)
-    return space, open_study(sweeper.storage, sweeper.study_name, str(sweeper.direction), pruner=sweeper.pruner)
+    study = open_study(sweeper.storage, sweeper.study_name, str(sweeper.direction), pruner=sweeper.pruner)
+    check_same_space(space, study, sweeper.study_name)
+    return space, study
 
 
 def seeded(sampler: DictConfig | None, first_trial: int):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from softmax_lab.console import short_value
 from softmax_lab.files import write_text
 from softmax_lab.pictures.charts import search_history
 from softmax_lab.search.space import SearchSpace
@@ -17,9 +18,10 @@ PLACE = ("hparams_search=", "search.trial=")  # what makes the command a search,
 
 
 def best_command(space: SearchSpace, params: dict) -> str:
-    """The best trial as one run: the command line's own overrides, then the trial's values."""
+    """The best trial as one run, its exact values: the command line's own overrides, then the trial's values, one
+    a line (a long command wraps on the page and still pastes in a POSIX shell)."""
     fixed = [o for o in space.overrides if not o.startswith(PLACE)]
-    return " ".join(["python src/train.py", *fixed, *space.trial_overrides(params)])
+    return " \\\n    ".join(["python src/train.py", *fixed, *space.trial_overrides(params)])
 
 
 def importances(study) -> dict[str, float]:
@@ -49,10 +51,10 @@ def write_report(study, space: SearchSpace, mine: list[int], sweep_dir, storage:
     if complete:
         best = study.best_trial
         lines += [f"Best: trial {best.number}, val/acc_best {best.value:.4f}. Train it alone:", "",
-                  f"    {best_command(space, best.params)}", ""]
+                  "\n".join("    " + line for line in best_command(space, best.params).splitlines()), ""]
     lines += ["| key | searched over | best | importance |", "|---|---|---|---|"]
     for key, described in space.described.items():
-        value = study.best_trial.params.get(key, "-") if complete else "-"
+        value = short_value(study.best_trial.params.get(key, "-")) if complete else "-"
         weight = f"{weights[key]:.2f}" if key in weights else "-"
         lines.append(f"| {key} | `{described}` | {value} | {weight} |")
     for key, (value, searched) in space.fixed.items():

@@ -57,8 +57,8 @@ def distribution(override: Override):
         values = list(override.sweep_iterator())
         if not values:
             raise ConfigError(f"search space: {override.input_line} is empty. Fix: give a range with values.")
-        if all(isinstance(v, int) for v in values):
-            return IntDistribution(values[0], values[-1], step=int(sweep.step))
+        if all(isinstance(v, int) for v in values):  # a descending range is the same set of values, ascending
+            return IntDistribution(min(values), max(values), step=abs(int(sweep.step)))
         return CategoricalDistribution(values)  # a float range: its values, as Hydra would sweep them
     if isinstance(sweep, IntervalSweep):
         log, as_int = "log" in sweep.tags, "int" in sweep.tags

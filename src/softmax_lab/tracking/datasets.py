@@ -9,6 +9,11 @@ from functools import lru_cache
 from pathlib import Path
 
 CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
+# What makes a split's images and labels what they are: the official test set is the files' (the classes kept); the
+# train/val split depends on how it was drawn too. Preprocessing (normalize, resize) is a param of the run, not a
+# new dataset: one test dataset on the Models page for every model measured on it.
+IDENTITY = {"train": ("val_size", "split_seed", "classes"), "val": ("val_size", "split_seed", "classes"),
+            "test": ("classes",)}
 
 
 @lru_cache(maxsize=4)
@@ -22,8 +27,8 @@ def files_digest(paths: tuple[str, ...], stamps: tuple[tuple[int, int], ...]) ->
     return h.hexdigest()
 
 
-def dataset_inputs(datamodule) -> list:
-    """One DatasetInput per split (train, val, test) of a loaded FashionMNISTDataModule."""
+def dataset_inputs(datamodule, splits=tuple(CONTEXTS)) -> list:
+    """One DatasetInput per split (train, val, test by default) of a loaded FashionMNISTDataModule."""
     import numpy as np
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.sources import LocalArtifactDatasetSource
@@ -37,8 +42,9 @@ def dataset_inputs(datamodule) -> list:
                      TensorSpec(np.dtype("int64"), (-1,), "label")])
     subset = f" classes {datamodule.classes}" if datamodule.classes else ""
     inputs = []
-    for split, context in CONTEXTS.items():
-        digest = hashlib.sha256(json.dumps([content, split, how], default=str).encode()).hexdigest()[:8]
+    for split in splits:
+        identity = {k: how[k] for k in IDENTITY[split]}
+        digest = hashlib.sha256(json.dumps([content, split, identity], default=str).encode()).hexdigest()[:8]
         meta = MetaDataset(LocalArtifactDatasetSource(str(datamodule.located_dir)),
                            name=f"fashion-mnist {split}{subset}", digest=digest, schema=schema).to_dict()
         rows = len(datamodule.splits[split][1])
@@ -46,5 +52,5 @@ def dataset_inputs(datamodule) -> list:
                               **{k: v for k, v in how.items() if v is not None}})
         inputs.append(DatasetInput(Dataset(meta["name"], meta["digest"], meta["source_type"], meta["source"],
                                            meta.get("schema"), profile),
-                                   tags=[InputTag("mlflow.data.context", context)]))
+                                   tags=[InputTag("mlflow.data.context", CONTEXTS[split])]))
     return inputs

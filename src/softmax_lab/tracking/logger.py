@@ -5,6 +5,7 @@ checkpoint's run had logged."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -46,6 +47,9 @@ class BufferedMlflowLogger(MLFlowLogger):
             for m in self._buffer:
                 self._logged_until[m.key] = max(m.step, self._logged_until.get(m.key, -1))
         self._trained = False  # whether this process logged anything past the resumed run's steps
+        # a non-finite value (a diverged loss) as a tag `nonfinite/<key>`: "inf at step 12"; as a metric point MLflow
+        # would show it as 1.7976931348623157e+308
+        self._nonfinite: dict[str, str] = {}
         self.model_id: str | None = None  # set before the test pass: test/* metrics are linked to the run's model
         self.test_dataset: tuple[str, str] | None = None  # and to the test split's dataset input (name, digest)
 
@@ -61,6 +65,9 @@ class BufferedMlflowLogger(MLFlowLogger):
             if isinstance(v, str) or step <= self._logged_until.get(k, -1) and (step > 0 or not self._trained):
                 continue  # logged before the resume; a step-0 result (test/*) again only if training went on
             self._trained = self._trained or step > 0
+            if not math.isfinite(v):
+                self._nonfinite[k] = f"{float(v)} at step {step}"
+                continue
             link = {}
             if k.startswith("test/") and self.model_id:
                 name, digest = self.test_dataset or (None, None)
@@ -79,6 +86,13 @@ class BufferedMlflowLogger(MLFlowLogger):
                 with store_write(self.store_uri):
                     self.experiment.log_batch(self.run_id, metrics=batch)
                 self._buffer = self._buffer[1000:]
+            if self._nonfinite:
+                from mlflow.entities import RunTag
+
+                with store_write(self.store_uri):
+                    self.experiment.log_batch(self.run_id, tags=[RunTag(f"nonfinite/{k}", v)
+                                                                 for k, v in self._nonfinite.items()])
+                self._nonfinite = {}
         except StoreGone:
             self._keep()
             raise

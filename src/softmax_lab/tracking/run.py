@@ -14,13 +14,13 @@ from pathlib import Path
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from softmax_lab.console import redact
-from softmax_lab.errors import RunInterrupted, TrackingError, UserError
+from softmax_lab.errors import DivergenceError, RunInterrupted, TrackingError, UserError
 from softmax_lab.signals import protected
 from softmax_lab.tracking.logger import BufferedMlflowLogger, FlushMetrics
 from softmax_lab.tracking.run_fields import MAX_TAG_VALUE
 from softmax_lab.tracking.run_model import RunModel
 from softmax_lab.tracking.store import GONE, connect, first_line, store_errors, store_write
-from softmax_lab.tracking.sweep_jobs import PARENT_RUN_ENV
+from softmax_lab.tracking.sweep_jobs import PARENT_RUN_ENV, SWEEP_LABEL_ENV
 from softmax_lab.tracking.uris import browse_hint, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,9 @@ class MlflowTracker(RunModel):
 
     def start_run(self, run_name: str, tags: dict[str, str], resume_run_id: str | None = None) -> str:
         """Create the run, or reopen `resume_run_id` (an interrupted run of this store) as RUNNING again."""
-        tags = {**tags, "mlflow.runName": self.run_name or run_name}
-        if os.environ.get(PARENT_RUN_ENV):
-            tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
+        sweep = {"mlflow.parentRunId": os.environ.get(PARENT_RUN_ENV), "sweep": os.environ.get(SWEEP_LABEL_ENV)}
+        tags = {"state": "running", **tags, **{k: v for k, v in sweep.items() if v}, "mlflow.runName": self.run_name or
+                run_name}
         tags = {k: str(v)[:MAX_TAG_VALUE] for k, v in tags.items()}
         resumed = self.find_run(resume_run_id)
         with store_write(self.uri):
@@ -120,21 +120,19 @@ class MlflowTracker(RunModel):
     def set_description(self, markdown: str) -> None:
         self.set_tags({"mlflow.note.content": markdown})
 
-    def finish(self, status: str, reason: str | None = None, description: str | None = None) -> None:
-        """Record what happened: the status first, so it tells the truth whatever fails after it; then what
-        was logged but not yet written, the reason and the description."""
+    def finish(self, status: str, reason: str | None = None, description: str | None = None,
+               state: str | None = None) -> None:
+        """Record what happened: the status first, so it tells the truth whatever fails after it; then the state
+        tag (pruned, diverged: what the status cannot say), what was logged but not written, reason, description."""
         if self.run_id is None:
             return
         if self.uri in GONE:  # no write would arrive: the metrics go to the run dir, the status waits for a resume
             return self.logger.flush() if self.logger is not None else None
-        errors = []
-        writes = [lambda: self.client.set_terminated(self.run_id, status)]
+        tags = {"state": state or status.lower(), "failure_reason": reason, "mlflow.note.content": description}
+        errors, writes = [], [lambda: self.client.set_terminated(self.run_id, status),
+                              lambda: self.set_tags({k: v for k, v in tags.items() if v})]
         if self.logger is not None:
-            writes.append(self.logger.flush)
-        if reason:
-            writes.append(lambda: self.client.set_tag(self.run_id, "failure_reason", reason[:MAX_TAG_VALUE]))
-        if description:
-            writes.append(lambda: self.set_description(description))
+            writes.insert(1, self.logger.flush)
         if self.model_pending():  # the run ended before its model was saved
             writes.append(self.fail_model)
         for write in writes:
@@ -169,7 +167,7 @@ class NoTracking:
 
     def log_params(self, params) -> None: ...
 
-    def log_datasets(self, datamodule) -> None: ...
+    def log_datasets(self, datamodule, splits=()) -> None: ...
 
     def lightning_logger(self, spool=None):
         return False
@@ -187,7 +185,7 @@ class NoTracking:
 
     def set_description(self, markdown: str) -> None: ...
 
-    def finish(self, status, reason=None, description=None) -> None: ...
+    def finish(self, status, reason=None, description=None, state=None) -> None: ...
 
     def describe(self) -> str:
         return "not tracked (logger=none)"
@@ -214,18 +212,18 @@ def recorded_run(tracker, name: str, tags: dict[str, str], resume_run_id: str | 
     the `failure_reason` tag and the description) or KILLED, described by `resume_hint()` (how far it got and
     how to go on). Whatever was logged before is written."""
     tracker.start_run(name, tags, resume_run_id)
-    status, reason = "FAILED", None
+    status, reason, state = "FAILED", None, None
     try:
         yield
-        status = "FINISHED"
+        status, state = "FINISHED", getattr(tracker, "state", None)  # "pruned": ended early on purpose
     except BaseException as e:
         if isinstance(e, RunInterrupted | KeyboardInterrupt | SIGTERMException):
             status, reason = "KILLED", str(e) if isinstance(e, RunInterrupted) else f"interrupted ({type(e).__name__})"
-        elif isinstance(e, UserError):  # DivergenceError among them
-            reason = str(e)
+        elif isinstance(e, UserError):
+            reason, state = str(e), "diverged" if isinstance(e, DivergenceError) else None
         else:
             reason = "".join(traceback.format_exception_only(type(e), e)).strip()
         e.recorded = tracker.run_id is not None  # so the command line says truthfully whether a run holds it
         raise
     finally:
-        tracker.finish(status, reason, _outcome_description(status, reason, resume_hint))
+        tracker.finish(status, reason, _outcome_description(status, reason, resume_hint), state)

@@ -14,10 +14,10 @@ class RunModel:
     model_uri: str | None = None
     test_dataset: tuple[str, str] | None = None  # (name, digest) of the test split's dataset input
 
-    def log_datasets(self, datamodule) -> None:
+    def log_datasets(self, datamodule, splits: tuple[str, ...] = ("train", "val", "test")) -> None:
         from softmax_lab.tracking.datasets import dataset_inputs
 
-        inputs = dataset_inputs(datamodule)  # train, val, test: the test metrics are linked to the last
+        inputs = dataset_inputs(datamodule, splits)  # the test metrics are linked to the last (test)
         self.test_dataset = (inputs[-1].dataset.name, inputs[-1].dataset.digest)
         with store_write(self.uri):
             self.client.log_inputs(self.run_id, datasets=inputs)

@@ -9,13 +9,16 @@ ended, adds the jobs that never got a run from their job_outcome.json, and write
 (tags, and its result as winner/* metrics: under test/* it would be one more bar in the jobs' compare charts).
 The parent ends FINISHED when the summary is written
 (its failed jobs are in its tags and description), FAILED when writing it fails; the sweep exits non-zero when any
-job did not finish.
+job did not finish. A signal at any moment of the sweep, on any launcher, ends it as a unit (stop): the parent
+KILLED first, the jobs given a moment to record themselves KILLED (then the signal passed on to the launcher's
+processes, and a job still RUNNING after that ended KILLED by the sweep), the summary of the jobs that ran written.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -25,11 +28,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from softmax_lab.errors import UserError
-from softmax_lab.signals import protected
+from softmax_lab.errors import ConfigError, RunInterrupted, UserError
+from softmax_lab.signals import protected, raise_on_signals
 from softmax_lab.tracking.run_fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, readable, source_tags
 from softmax_lab.tracking.store import connect
-from softmax_lab.tracking.sweep_jobs import PARENT_RUN_ENV, SWEPT_KEYS_ENV
+from softmax_lab.tracking.sweep_jobs import PARENT_RUN_ENV, SWEEP_LABEL_ENV, SWEPT_KEYS_ENV, end_stopped_jobs
 from softmax_lab.tracking.sweep_summary import (
     best_row,
     markdown_table,
@@ -38,7 +41,7 @@ from softmax_lab.tracking.sweep_summary import (
     summary_rows,
     write_summary,
 )
-from softmax_lab.tracking.uris import resolve_tracking_uri
+from softmax_lab.tracking.uris import browse_hint, resolve_tracking_uri, sweep_view
 
 log = logging.getLogger(__name__)
 SEARCH_FILES = ("search.md", "search.png", "optimization_results.yaml")  # an Optuna search's report, when there is one
@@ -73,75 +76,143 @@ def refuse(e: UserError) -> NoReturn:
 
 
 def end_parent_run(status: str, reason: str) -> None:
-    """End the running sweep's parent run early (a search stopped by a signal): `status`, the reason as a tag."""
+    """End the running sweep's parent run early (a search whose study went away): `status`, the reason as a tag."""
     if ACTIVE is not None and ACTIVE.parent_run_id is not None:
         with protected():
             ACTIVE.client.set_tag(ACTIVE.parent_run_id, "failure_reason", reason)
+            ACTIVE.client.set_tag(ACTIVE.parent_run_id, "state", status.lower())
             ACTIVE.client.set_terminated(ACTIVE.parent_run_id, status)
+        ACTIVE.ended = True
+
+
+def stopped(e: BaseException) -> None:
+    """What src/train.py does with a signal that ended the command (a job's exit code 130/143 or a signal between
+    jobs): a sweep under way ends as a unit (MlflowSweepCallback.stop), then the command exits with the signal's
+    code; before any sweep started, one line. Anything else is left to go on as it was."""
+    code = e.exit_code if isinstance(e, RunInterrupted) else 130 if isinstance(e, KeyboardInterrupt) else \
+        e.code if isinstance(e, SystemExit) else None
+    if code not in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        return
+    name = signal.Signals(code - 128).name
+    if ACTIVE is None or ACTIVE.ended:
+        if not isinstance(e, SystemExit):  # a job says its own line
+            logging.getLogger("softmax_lab").error("interrupted by %s before any run started; nothing was recorded",
+                                                   name)
+        sys.exit(code)
+    ACTIVE.stop(code - 128)
+    logging.getLogger("softmax_lab").error("sweep stopped by %s: %s; its summary is in %s", name,
+                                           "its MLflow parent run is KILLED" if ACTIVE.parent_run_id else
+                                           "nothing more was launched", ACTIVE.sweep_dir)
+    sys.exit(code)
+
+
+def check_sweep_dir(sweep_dir: Path) -> None:
+    """The sweep dir can be made and written: ConfigError before the parent run exists (Hydra's own attempt would
+    be a traceback, with the parent left RUNNING)."""
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        probe = sweep_dir / ".softmax-lab-write-check"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"hydra.sweep.dir={sweep_dir} cannot be written ({e.strerror or e}). Fix: "
+                          "hydra.sweep.dir=<a folder you can write>.") from e
 
 
 class MlflowSweepCallback(Callback):
     """conf/hydra/default.yaml installs it; in a single run it does nothing."""
 
     def __init__(self):
-        self.client = self.experiment_id = self.parent_run_id = None
+        self.client = self.experiment_id = self.parent_run_id = self.uri = self.sweep_dir = None
+        self.ended = False  # the parent's status is final
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         global FAILED_JOBS, ACTIVE
         FAILED_JOBS, ACTIVE = 0, self
         HydraConfig.instance().set_config(config)  # so ${hydra:...} resolves here
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
         space = None
-        if is_search(config):  # a search that cannot run is refused in one line, before its parent run exists
-            from softmax_lab.search.loop import plan
+        try:  # a sweep that cannot run is refused in one line, before its parent run exists
+            check_sweep_dir(self.sweep_dir)
+            if is_search(config):
+                from softmax_lab.search.loop import plan
 
-            try:
                 space, _ = plan(config.hydra.sweeper, list(config.hydra.overrides.task))
-            except UserError as e:
-                refuse(e)
+        except UserError as e:
+            refuse(e)
         swept, fixed = sweep_overrides(config, space)
         os.environ[SWEPT_KEYS_ENV] = ",".join(swept)
+        raise_on_signals()  # from here a signal, between jobs or in one, ends the sweep as a unit (stop)
         if not str(config.logger.get("_target_", "")).endswith("MlflowTracker"):
             return
-        uri = resolve_tracking_uri(config.logger.get("tracking_uri"))
-        self.client, self.experiment_id = connect(uri, config.logger.experiment_name)
+        self.uri = resolve_tracking_uri(config.logger.get("tracking_uri"))
+        self.client, self.experiment_id = connect(self.uri, config.logger.experiment_name)
         task = list(config.hydra.overrides.task)
-        tags = {"sweep_dir": str(config.hydra.sweep.dir), "overrides": " ".join(task) or "(defaults)",
-                "sweeper": config.hydra.sweeper.get("_target_", ""),
+        what = " ".join(f"{k}={v}" for k, v in swept.items() if k != "search.trial") or "(defaults)"
+        label = f"{time.strftime('%m-%d %H:%M')} {what}"  # the runs table's sweep column, on the parent and its jobs
+        kind = "search" if space is not None else "sweep"
+        tags = {"sweep_dir": str(self.sweep_dir), "overrides": " ".join(task) or "(defaults)", "kind": kind,
+                "sweep": label, "state": "running", "sweeper": config.hydra.sweeper.get("_target_", ""),
                 "launcher": config.hydra.launcher.get("_target_", ""), **source_tags("src/train.py -m")}
         with protected():
-            run = self.client.create_run(self.experiment_id, run_name="sweep: " + (" ".join(task) or "(defaults)"),
+            run = self.client.create_run(self.experiment_id, run_name=f"{kind}: " + (" ".join(task) or "(defaults)"),
                                          tags=tags)
             self.parent_run_id = run.info.run_id
             for key, values in {**swept, **fixed}.items():  # what the sweep varies, as the compare view shows params
                 self.client.log_param(self.parent_run_id, key, values[:MAX_PARAM_VALUE])
+            self.client.set_experiment_tag(self.experiment_id, *sweep_view(
+                self.parent_run_id, [k for k in swept if k != "search.trial"]))
         os.environ[PARENT_RUN_ENV] = self.parent_run_id
+        os.environ[SWEEP_LABEL_ENV] = label
         log.info("sweep recorded as MLflow parent run %s", self.parent_run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        self._conclude("FINISHED")
+
+    def stop(self, signum: int) -> None:
+        """The sweep was stopped by `signum`: the parent KILLED (first: it tells the truth whatever follows), the
+        jobs in other processes given time to record themselves, the summary of the jobs that ran."""
+        reason = f"the sweep was stopped by {signal.Signals(signum).name}"
+        if self.parent_run_id is not None:
+            with protected():
+                self.client.set_terminated(self.parent_run_id, "KILLED")
+                self.client.set_tag(self.parent_run_id, "failure_reason", reason)
+            end_stopped_jobs(self.client, self.experiment_id, self.parent_run_id, signum, reason)
+        self._conclude("KILLED", reason)
+
+    def _conclude(self, status: str, reason: str | None = None) -> None:
+        """The summary of every job (into the sweep dir and onto the parent), then the parent's final status."""
         global FAILED_JOBS
         os.environ.pop(PARENT_RUN_ENV, None)
         os.environ.pop(SWEPT_KEYS_ENV, None)
-        sweep_dir = Path(str(config.hydra.sweep.dir))
+        os.environ.pop(SWEEP_LABEL_ENV, None)
+        sweep_dir = self.sweep_dir
         try:
             rows = summary_rows(self.client, self.experiment_id, self.parent_run_id) if self.parent_run_id else []
             rows = sorted(rows + outcome_rows(sweep_dir, {r["job"] for r in rows}), key=lambda r: r["job"])
             FAILED_JOBS = sum(r["status"] not in ("FINISHED", "PRUNED") for r in rows)
             files = write_summary(rows, sweep_dir)
-            print(f"\nSweep summary ({len(rows)} jobs, {FAILED_JOBS} not finished; files in {sweep_dir}):\n"
-                  + markdown_table(rows), flush=True)
+            said = f"{len(rows)} jobs, {FAILED_JOBS} not finished" + (f"; {reason}" if reason else "")
+            print(f"\nSweep summary ({said}; files in {sweep_dir}):\n" + markdown_table(rows), flush=True)
             if self.parent_run_id is not None:
                 search = [p for p in (sweep_dir / n for n in SEARCH_FILES) if p.exists()]  # search/report.py
-                self._record_result(rows, best_row(rows), files + search)
+                self._record_result(rows, best_row(rows), files + search, reason)
                 with protected():
-                    self.client.set_terminated(self.parent_run_id, "FINISHED")
-        except BaseException:
+                    self.client.set_tag(self.parent_run_id, "state", status.lower())
+                    self.client.set_terminated(self.parent_run_id, status)
+                print(browse_hint(self.uri, self.experiment_id, self.parent_run_id, sweep=True), flush=True)
+            self.ended = True
+        except Exception:
             FAILED_JOBS = max(FAILED_JOBS, 1)
-            if self.parent_run_id is not None:
+            if self.parent_run_id is not None and status == "FINISHED":
                 with protected():
+                    self.client.set_tag(self.parent_run_id, "state", "failed")
                     self.client.set_terminated(self.parent_run_id, "FAILED")
+            self.ended = True
             raise
 
-    def _record_result(self, rows: list[dict], best: dict | None, files: list[Path]) -> None:
+    def _record_result(self, rows: list[dict], best: dict | None, files: list[Path], stopped: str | None) -> None:
         """The parent tells the sweep's result: the best job (tags, winner/* metrics, a link), the table as its
         description."""
         from mlflow.entities import Metric
@@ -153,7 +224,7 @@ class MlflowSweepCallback(Callback):
             report = next((p.read_text() + "\n" for p in files if p.name == "search.md"), "")
             tags = {"jobs": len(rows), "failed_jobs": FAILED_JOBS,
                     "mlflow.note.content": (report + parent_description(rows, best, FAILED_JOBS,
-                                                                        self.experiment_id))[:MAX_TAG_VALUE]}
+                                                                        self.experiment_id, stopped))[:MAX_TAG_VALUE]}
             if best is not None:
                 tags.update(best_job=best["job"], best_run_id=best["run_id"], best_overrides=best["overrides"],
                             best_test_acc=f"{best['test_acc']:.4f}", best_val_acc_best=f"{best['val_acc_best']:.4f}")

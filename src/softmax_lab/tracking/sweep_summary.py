@@ -8,6 +8,7 @@ import io
 import statistics
 from pathlib import Path
 
+from softmax_lab.console import short_overrides
 from softmax_lab.files import write_text
 from softmax_lab.tracking.sweep_jobs import read_outcome
 
@@ -87,16 +88,29 @@ def write_summary(rows: list[dict], sweep_dir: Path) -> list[Path]:
             sweep_chart(rows, sweep_dir / "sweep_summary.png")]
 
 
-def parent_description(rows: list[dict], best: dict | None, failed: int, experiment_id: str | None = None) -> str:
-    """The parent run's description: the result, a link to the best job's run, the table without the overrides
-    that every job shares (said once above it)."""
-    head = f"**Sweep of {len(rows)} jobs, {failed} not finished.**"
+def parent_description(rows: list[dict], best: dict | None, failed: int, experiment_id: str | None = None,
+                       stopped: str | None = None) -> str:
+    """The parent run's description: the result (chosen by validation, as the sweep's objective; the best on test
+    accuracy and on calibration named beside it), a link to each job's run, the table without the overrides that
+    every job shares (said once above it)."""
+    def job_link(r: dict) -> str:
+        if r.get("run_id") and experiment_id is not None:
+            return f"[job {r['job']}](#/experiments/{experiment_id}/runs/{r['run_id']})"
+        return f"job {r['job']}"
+
+    head = f"**Sweep of {len(rows)} jobs, {failed} not finished.**" + (f" **Stopped**: {stopped}." if stopped else "")
     if best is not None:
-        job = f"job {best['job']}"
-        if best.get("run_id") and experiment_id is not None:
-            job = f"[{job}](#/experiments/{experiment_id}/runs/{best['run_id']})"
-        head += (f" Best: {job} `{best['overrides']}` with val/acc_best {best['val_acc_best']:.4f} and "
+        head += (f"\n\n**Best by validation** (val/acc_best, the sweep's objective): {job_link(best)} "
+                 f"`{short_overrides(best['overrides'])}`, val/acc_best {best['val_acc_best']:.4f}, "
                  f"test/acc {best['test_acc']:.4f}.")
+        done = [r for r in rows if r["status"] == "FINISHED"]
+        on_test = max((r for r in done if r["test_acc"] is not None), key=lambda r: r["test_acc"], default=None)
+        on_ece = min((r for r in done if r["test_ece"] is not None), key=lambda r: r["test_ece"], default=None)
+        if on_test is not None:
+            head += f" Best on test accuracy: {job_link(on_test)} ({on_test['test_acc']:.4f})."
+        if on_ece is not None:
+            head += f" Best calibrated (lowest test ECE): {job_link(on_ece)} ({on_ece['test_ece']:.4f})."
+    rows = [{**r, "overrides": short_overrides(r["overrides"])} for r in rows]  # exact values: the jobs' params
     tokens = [r["overrides"].split() for r in rows]
     shared = [t for t in tokens[0] if all(t in ts for ts in tokens)] if len(rows) > 1 else []
     if shared:

@@ -9,20 +9,50 @@ from pathlib import Path
 from softmax_lab.config import PROJECT_ROOT
 
 UI_VIEW = "workflowType=machine_learning"  # MLflow 3's UI opens its GenAI view without it
-# The runs table's columns and order cannot be set by a URL; MLflow's "shared view" can: an experiment tag
-# mlflow.sharedViewState.<key> holding the view as JSON, opened by ?viewStateShareKey=<key> (MLflow 3.17's UI)
+# The runs table's columns, filter and charts cannot all be set by a URL; MLflow's "shared view" can: an experiment
+# tag mlflow.sharedViewState.<key> holding the view as JSON, opened by ?viewStateShareKey=<key> (MLflow 3.17's UI)
 VIEW_KEY = "softmax-lab"
-RUNS_COLUMNS = ["tags.`loss`", "tags.`impl`", "params.`optimizer.lr`", "metrics.`val/acc_best`", "metrics.`test/acc`",
-                "metrics.`test/ece`"]
+# The leaderboard: training runs only (not sweep parents, evaluations or pruned trials), each with its sweep and state
+LEADERBOARD_FILTER = "tags.kind = 'train' AND tags.state != 'pruned'"
+RUNS_COLUMNS = ["tags.`sweep`", "tags.`state`", "tags.`loss`", "tags.`impl`", "params.`optimizer.lr`",
+                "metrics.`val/acc_best`", "metrics.`test/acc`", "metrics.`test/ece`"]
+ALL_RUNS = {"startTime": "ALL", "lifecycleFilter": "Active", "modelVersionFilter": "All Runs", "datasetsFilter": []}
 
 
 def runs_view() -> tuple[str, str]:
-    """(tag key, JSON): the runs table with loss, impl, optimizer.lr, val/acc_best, test/acc and test/ece as
-    columns, best test accuracy first."""
-    view = {"searchFilter": "", "orderByKey": "metrics.`test/acc`", "orderByAsc": False, "startTime": "ALL",
-            "lifecycleFilter": "Active", "modelVersionFilter": "All Runs", "datasetsFilter": [],
+    """(tag key, JSON): the leaderboard of training runs, best test accuracy first, with their sweep and state."""
+    view = {"searchFilter": LEADERBOARD_FILTER, "orderByKey": "metrics.`test/acc`", "orderByAsc": False, **ALL_RUNS,
             "selectedColumns": RUNS_COLUMNS}
     return f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(view)
+
+
+def sweep_view_key(parent_run_id: str) -> str:
+    return f"sweep-{parent_run_id}"
+
+
+def sweep_view(parent_run_id: str, swept_keys: list[str]) -> tuple[str, str]:
+    """(tag key, JSON): one sweep's jobs in job order, the swept keys, state and results as columns, every job
+    drawn (MLflow draws the first 10 by default): test accuracy against calibration (ECE), and the validation
+    accuracy and loss of every job against the epoch."""
+    def line(uid: str, key: str) -> dict:
+        return {"uuid": uid, "type": "LINE", "metricSectionId": "sweep", "isGenerated": False, "deleted": False,
+                "runsCountToCompare": 100, "metricKey": key, "selectedMetricKeys": [key], "xAxisKey": "metric",
+                "selectedXAxisMetricKey": "epoch", "useGlobalXaxisKey": False, "scaleType": "linear",
+                "xAxisScaleType": "linear", "lineSmoothness": 0, "useGlobalLineSmoothing": False,
+                "range": {}, "yAxisKey": "metric", "yAxisExpressions": [], "ignoreOutliers": False}
+
+    scatter = {"uuid": "sweep-acc-ece", "type": "SCATTER", "metricSectionId": "sweep", "isGenerated": False,
+               "deleted": False, "runsCountToCompare": 100, "xaxis": {"key": "test/ece", "type": "METRIC"},
+               "yaxis": {"key": "test/acc", "type": "METRIC"}}
+    columns = [f"params.`{k}`" for k in swept_keys] + ["tags.`state`", "metrics.`val/acc_best`", "metrics.`test/acc`",
+                                                       "metrics.`test/ece`"]
+    view = {"searchFilter": f"tags.mlflow.parentRunId = '{parent_run_id}'", "orderByKey": "attributes.start_time",
+            "orderByAsc": True, **ALL_RUNS, "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL",
+            "compareRunCharts": [scatter, line("sweep-val-acc", "val/acc"), line("sweep-val-loss", "val/loss")],
+            "compareRunSections": [{"uuid": "sweep", "name": "This sweep", "display": True, "isReordered": False,
+                                    "deleted": False, "isGenerated": False}],
+            "isAccordionReordered": True}
+    return f"mlflow.sharedViewState.{sweep_view_key(parent_run_id)}", json.dumps(view)
 
 
 def default_tracking_uri() -> str:
@@ -59,14 +89,23 @@ def runs_url(base: str, experiment_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&{UI_VIEW}"
 
 
+def sweep_url(base: str, experiment_id: str, parent_run_id: str) -> str:
+    """One sweep's jobs (sweep_view), opened on its charts."""
+    return (f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={sweep_view_key(parent_run_id)}"
+            f"&compareRunsMode=CHART&{UI_VIEW}")
+
+
 def run_url(base: str, experiment_id: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{UI_VIEW}"
 
 
-def browse_hint(uri: str, experiment_id: str, run_id: str) -> str:
-    """The lines a run prints at its end: how to open the store, and the links to its runs and to itself."""
+def browse_hint(uri: str, experiment_id: str, run_id: str, sweep: bool = False) -> str:
+    """The lines a run (or a sweep, whose parent is `run_id`) prints at its end: how to open the store, and the
+    links to the leaderboard and to the run itself (a sweep: its own view of its jobs)."""
     base = ui_base(uri)
-    links = f"runs: {runs_url(base, experiment_id)}\nthis run: {run_url(base, experiment_id, run_id)}"
+    own = f"this sweep: {sweep_url(base, experiment_id, run_id)}" if sweep else \
+        f"this run: {run_url(base, experiment_id, run_id)}"
+    links = f"runs: {runs_url(base, experiment_id)}\n{own}"
     if uri == default_tracking_uri():
         return f"browse: make ui, then open\n{links}"
     if uri.startswith("sqlite:"):

@@ -72,7 +72,9 @@ class EpochRecorder(pl.Callback):
         record = {**train, "time/epoch_s": seconds, "time/samples_per_s": n / seconds if seconds > 0 else 0.0}
         pl_module.log_dict(record, logger=False)  # for callbacks (EarlyStopping, ModelCheckpoint)
         self.write_step_losses(pl_module)
-        pl_module.log_at_step(record)  # no `epoch` metric: it would only restate the step (215 steps an epoch)
+        # `epoch` (1, 2, ...) at the epoch's step: the x axis on which a sweep's view draws every job's validation
+        # curve (jobs with other batch sizes take other numbers of steps an epoch)
+        pl_module.log_at_step({**record, "epoch": trainer.current_epoch + 1})
         self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **record,
                              **pl_module.last_val})
 

@@ -36,3 +36,26 @@ def stop_other_ranks(trainer) -> None:
             log.debug("rank process %d waits in a collective: killed", p.pid)
             p.kill()
             p.wait()
+
+
+def descendants(pid: int | None = None) -> list[int]:
+    """The processes started by `pid` (this one by default) and by them, read from /proc ([] where there is none):
+    a sweep's launcher workers and the jobs they run."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])  # after the command's name, which may hold spaces
+        except (OSError, IndexError, ValueError):  # ended meanwhile
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid or os.getpid()]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
