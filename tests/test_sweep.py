@@ -67,7 +67,7 @@ def test_loss_by_impl_sweep_is_one_parent_with_children_and_a_summary(tiny_data,
                            "sweep's objective): [job ") and "| mse | nn | FINISHED |" in note
     # each job says which sweep it belongs to (the runs table's sweep column); the sweep prints its own view's link
     assert {c.data.tags["sweep"] for c in children} == {parent.data.tags["sweep"]}
-    assert parent.data.tags["sweep"].endswith(" loss=ce,mse impl=scratch,nn") and parent.data.tags["kind"] == "sweep"
+    assert parent.data.tags["sweep"].startswith("loss=ce,mse impl=scratch,nn (") and parent.data.tags["kind"] == "sweep"
     assert f"this sweep: http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs?viewStateShareKey=" \
            f"sweep-{parent.info.run_id}&compareRunsMode=CHART" in r.stdout
     view = json.loads(client.get_experiment(parent.info.experiment_id).tags[

@@ -29,7 +29,7 @@ def test_a_trials_name_starts_with_its_number_and_reads_its_values_short(monkeyp
     monkeypatch.setenv(SWEPT_KEYS_ENV, "search.trial,optimizer.lr,data.batch_size")
     name = run_name("ce", "nn", ["search.trial=12", "optimizer.lr=0.0297341206", "data.batch_size=64", "seed=3"])
     assert name == "trial 12: loss=ce impl=nn optimizer.lr=0.02973 data.batch_size=64"
-    assert model_name(name, "abcdef0123456789").startswith("trial 12_ loss=ce impl=nn optimizer_lr=0_02973")
+    assert model_name(name, "abcdef0123456789").startswith("trial 12 loss=ce impl=nn optimizer_lr=0_02973")
     monkeypatch.delenv(SWEPT_KEYS_ENV)  # a single run: what the user typed, as typed when it is short
     assert run_name("huber", "scratch", ["optimizer.lr=0.05", "loss.delta=1e-05"]) == \
         "loss=huber impl=scratch optimizer.lr=0.05 loss.delta=1e-05"

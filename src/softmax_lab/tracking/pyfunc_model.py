@@ -72,7 +72,7 @@ def mlflow_advice_filtered():
 def model_name(run_name: str, run_id: str) -> str:
     """The logged model's name: its run's, made valid (MLflow refuses / : . % and quotes in one), and the run id's
     first 8 characters, so two runs of one config stay apart on the Models page."""
-    valid = "".join("_" if c in "/:.%\"'" else c for c in run_name)
+    valid = "".join("_" if c in "/:.%\"'" else c for c in run_name.replace(": ", " "))  # a trial: "trial 3 loss=..."
     return f"{valid} ({run_id[:8]})"
 
 

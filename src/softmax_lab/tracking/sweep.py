@@ -38,6 +38,7 @@ from softmax_lab.tracking.sweep_summary import (
     markdown_table,
     outcome_rows,
     parent_description,
+    ranked,
     summary_rows,
     write_summary,
 )
@@ -148,9 +149,10 @@ class MlflowSweepCallback(Callback):
         self.uri = resolve_tracking_uri(config.logger.get("tracking_uri"))
         self.client, self.experiment_id = connect(self.uri, config.logger.experiment_name)
         task = list(config.hydra.overrides.task)
-        what = " ".join(f"{k}={v}" for k, v in swept.items() if k != "search.trial") or "(defaults)"
-        label = f"{time.strftime('%m-%d %H:%M')} {what}"  # the runs table's sweep column, on the parent and its jobs
         kind = "search" if space is not None else "sweep"
+        what = f"search {config.hydra.sweeper.study_name}" if space is not None else \
+            " ".join(f"{k}={v}" for k, v in swept.items()) or "(defaults)"
+        label = f"{what} ({time.strftime('%m-%d %H:%M')})"  # the runs table's sweep column, on the parent and its jobs
         tags = {"sweep_dir": str(self.sweep_dir), "overrides": " ".join(task) or "(defaults)", "kind": kind,
                 "sweep": label, "state": "running", "sweeper": config.hydra.sweeper.get("_target_", ""),
                 "launcher": config.hydra.launcher.get("_target_", ""), **source_tags("src/train.py -m")}
@@ -237,3 +239,5 @@ class MlflowSweepCallback(Callback):
                                                     if v is not None])
             for k, v in tags.items():
                 self.client.set_tag(pid, k, str(v))
+            for rank, r in enumerate(ranked([r for r in rows if r["run_id"]]), 1):  # the order of the sweep's view
+                self.client.set_tag(r["run_id"], "sweep_rank", f"{rank:03d}")

@@ -60,14 +60,25 @@ def summary_rows(client, experiment_id: str, parent_run_id: str) -> list[dict]:
     return sorted(rows, key=lambda r: r["job"])
 
 
+def ranked(rows: list[dict]) -> list[dict]:
+    """The sweep's answer in order: finished jobs by val/acc_best (test accuracy breaks ties), then pruned ones, then
+    those that did not finish."""
+    def key(r):
+        group = {"FINISHED": 0, "PRUNED": 1}.get(r["status"], 2)
+        return group, -(r["val_acc_best"] or 0), -(r["test_acc"] or 0), r["job"]
+
+    return sorted(rows, key=key)
+
+
 def best_row(rows: list[dict]) -> dict | None:
     """The finished job with the best val/acc_best (the sweep's objective); test accuracy breaks ties."""
-    done = [r for r in rows if r["status"] == "FINISHED" and r["val_acc_best"] is not None]
-    return max(done, key=lambda r: (r["val_acc_best"], r["test_acc"] or 0)) if done else None
+    top = ranked([r for r in rows if r["val_acc_best"] is not None])
+    return top[0] if top and top[0]["status"] == "FINISHED" else None
 
 
 def _cell(v) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+    """A table's cell: a result to 4 decimals; a job's overrides with their values short (exact in the csv)."""
+    return f"{v:.4f}" if isinstance(v, float) else short_overrides(v) if isinstance(v, str) else str(v)
 
 
 def markdown_table(rows: list[dict], columns=SHOWN) -> str:

@@ -44,9 +44,11 @@ def sweep_view(parent_run_id: str, swept_keys: list[str]) -> tuple[str, str]:
     scatter = {"uuid": "sweep-acc-ece", "type": "SCATTER", "metricSectionId": "sweep", "isGenerated": False,
                "deleted": False, "runsCountToCompare": 100, "xaxis": {"key": "test/ece", "type": "METRIC"},
                "yaxis": {"key": "test/acc", "type": "METRIC"}}
-    columns = [f"params.`{k}`" for k in swept_keys] + ["tags.`state`", "metrics.`val/acc_best`", "metrics.`test/acc`",
-                                                       "metrics.`test/ece`"]
-    view = {"searchFilter": f"tags.mlflow.parentRunId = '{parent_run_id}'", "orderByKey": "attributes.start_time",
+    columns = [f"params.`{k}`" for k in swept_keys] + ["tags.`state`", "tags.`sweep_rank`", "metrics.`val/acc_best`",
+                                                       "metrics.`test/acc`", "metrics.`test/ece`"]
+    # ranked as the sweep's answer (sweep_rank: by val/acc_best, pruned and unfinished jobs below); sorted by creation
+    # time, MLflow would fold the jobs under their parent and chart none of them
+    view = {"searchFilter": f"tags.mlflow.parentRunId = '{parent_run_id}'", "orderByKey": "tags.`sweep_rank`",
             "orderByAsc": True, **ALL_RUNS, "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL",
             "compareRunCharts": [scatter, line("sweep-val-acc", "val/acc"), line("sweep-val-loss", "val/loss")],
             "compareRunSections": [{"uuid": "sweep", "name": "This sweep", "display": True, "isReordered": False,
