@@ -38,7 +38,8 @@ def test_a_trials_name_starts_with_its_number_and_reads_its_values_short(monkeyp
 @pytest.mark.parametrize("value, shown", [(0.0297341206, "0.02973"), ("0.0297341206", "0.02973"), ("0.05", "0.05"),
                                           ("1e-05", "1e-05"), (64, "64"), ("64", "64"), ("abc", "abc"),
                                           (True, "True"), ("inf", "inf"), (float("nan"), "nan"),
-                                          ("123456.789", "1.235e+05")])
+                                          ("123456.789", "1.235e+05"), (0.0037545539669, "3.755e-03"),
+                                          ("0.0008758916509", "8.759e-04"), ("0.01706454", "0.01706")])
 def test_values_are_shown_to_four_significant_digits(value, shown):
     from softmax_lab.console import short_value
 

@@ -48,6 +48,8 @@ def short_value(value) -> str:
     if text.lstrip("+-").isdigit() or not math.isfinite(number):  # a whole number; inf and nan as they are
         return text
     short = f"{number:.4g}"
+    if "e" not in short and len(short.partition(".")[2]) > 5:  # 0.003755 reads as 3.755e-03: no run of digits
+        short = f"{number:.3e}"
     return short if len(short) < len(text) else text
 
 
