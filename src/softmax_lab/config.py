@@ -10,6 +10,19 @@ from omegaconf import DictConfig, OmegaConf
 from softmax_lab.errors import ConfigError, UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout: conf/, src/, outputs/
+
+
+def launch_relative(url: str | None) -> str | None:
+    """A sqlite URL with a relative path (`sqlite:///mlflow.db`, MLflow's and SQLAlchemy's: relative to the working
+    directory) made absolute against the directory the command was launched from: with hydra.job.chdir=true Hydra
+    moves each job into its run dir first, and the same URL would mean a new store in every job dir."""
+    if not url or not url.startswith("sqlite:///") or url.startswith("sqlite:////") or ":memory:" in url:
+        return url
+    from hydra.core.hydra_config import HydraConfig
+
+    path, sep, query = url[len("sqlite:///"):].partition("?")
+    launched = Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
+    return f"sqlite:///{(launched / path).resolve()}{sep}{query}"
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
 
@@ -56,11 +69,13 @@ def check_command_line(config_name: str) -> None:
 
 def search_without_multirun(args: list[str]) -> str | None:
     """hparams_search=... is a multirun's sweeper: without -m Hydra would train one ordinary run and search nothing."""
+    from softmax_lab.console import pasteable
+
     search = next((a for a in args if a.lstrip("+").startswith("hparams_search=")), None)
     if search is None or {"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(args):
         return None
     return (f"{search} searches over many runs, which only a multirun does; without -m this would be one ordinary "
-            f"run. Fix: python src/train.py -m {' '.join(args)}")
+            f"run. Fix: {pasteable('src/train.py', ['-m', *args])}")
 
 
 def _has_key(tree, dotted: str) -> bool:
@@ -239,8 +254,25 @@ def available_memory() -> int | None:
     return None
 
 
+# What training reads whole: deleting one (`~seed`) is refused with what to write instead. Other deletions are honoured
+# as Hydra means them: the key is not set (`~trainer.max_epochs`: Lightning's default; `~callbacks`: none).
+NEEDED = {"seed": ("seed", "seed=42"), "logger": ("logger._target_", "logger=none to train without tracking"),
+          "ckpt_path": ("ckpt_path", "ckpt_path=null"), "data": ("data._target_", "data=fashion_mnist"),
+          "model": ("model._target_", "model=softmax_regression"), "loss": ("loss._target_", "loss=ce"),
+          "optimizer": ("optimizer._target_", "optimizer=sgd"), "trainer": ("trainer", "trainer=default"),
+          "paths": ("paths.output_dir", "paths=default")}  # key: (what shows it is there, what to write instead)
+
+
+def _deleted_faults(cfg: DictConfig) -> list[str]:
+    return [f"~{key} deletes what training needs (fix: {fix} instead)" for key, (probe, fix) in NEEDED.items()
+            if OmegaConf.select(cfg, probe, default=_MISSING, throw_on_missing=False) is _MISSING]
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise one ConfigError listing every value out of range, naming the key, what is allowed and an example."""
+    faults = _deleted_faults(cfg)
+    if faults:
+        raise ConfigError("invalid config: " + "; ".join(faults) + ".")
     faults = _faults(cfg, RULES)
     if "optimizer" in cfg and not any(f.startswith("optimizer.") for f in faults):
         faults += _optimizer_faults(OmegaConf.to_container(cfg.optimizer, resolve=True))

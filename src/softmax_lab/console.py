@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import sys
 import warnings
 
@@ -22,6 +23,9 @@ NOT_FOR_USERS = [
 ]
 QUIET_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
                  "lightning_fabric.utilities.seed")
+# MLflow logs a store's database error with its traceback before raising it; the project says it in one line that
+# names the store and the fix (tracking/store.py), so a full disk is not 2,000 lines of SQLAlchemy
+SAID_BY_US = ("mlflow.store.db.utils",)
 
 
 def redact(uri: str) -> str:
@@ -59,11 +63,64 @@ def short_overrides(overrides: str) -> str:
                     for o in overrides.split())
 
 
+HYDRA_PLAIN = re.compile(r"[A-Za-z0-9_./:+\-@]*")  # a value Hydra's override grammar reads as it is
+SHELL_PLAIN = re.compile(r"[A-Za-z0-9_./:+\-@=,~%]+")  # an argument a POSIX shell passes on as it is
+
+
+def hydra_override(key: str, value) -> str:
+    """`key=value` as Hydra parses it back to `value`: single-quoted when Hydra's grammar would not read it as is (a
+    path with spaces, non-ASCII letters, a comma that would make it a sweep). Inside quotes Hydra reads a backslash
+    as itself except before a quote or at the end, where it is doubled."""
+    text = str(value)
+    if HYDRA_PLAIN.fullmatch(text):
+        return f"{key}={text}"
+    quoted = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    quoted = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, quoted)
+    return f"{key}='{quoted}'"
+
+
+def shell_word(text: str) -> str:
+    """`text` as one argument of a POSIX shell: quoted where the shell would change it."""
+    import shlex
+
+    if SHELL_PLAIN.fullmatch(text):
+        return text
+    return f'"{text}"' if not set(text) & set('"$`\\!') else shlex.quote(text)  # "a='b c'" reads better
+
+
+def pasteable(script: str, overrides: list[str]) -> str:
+    """`python <script> <overrides>` as it pastes in a POSIX shell."""
+    return " ".join(["python", script, *map(shell_word, overrides)])
+
+
 def quiet_console() -> None:
     for message, _why in NOT_FOR_USERS:
         warnings.filterwarnings("ignore", message)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in SAID_BY_US:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def quiet_log_files() -> None:
+    """A log file (Hydra's <run dir>/train.log) that cannot be written, a full disk say: one line, once, instead of
+    logging's `--- Logging error ---` traceback for every record. The console keeps every line."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handleError = _said_once(handler)
+
+
+def _said_once(handler: logging.FileHandler):
+    said = []
+
+    def handle_error(record: logging.LogRecord) -> None:
+        if not said:
+            said.append(True)
+            e = sys.exc_info()[1]
+            sys.stderr.write(f"warning: the log file {handler.baseFilename} cannot be written "
+                             f"({getattr(e, 'strerror', None) or e}); the console shows every line\n")
+
+    return handle_error
 
 
 def print_help(config_name: str, overrides: list[str]) -> None:

@@ -33,7 +33,7 @@ class StorageError(UserError):
         what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
                 errno.EPERM: "permission denied"}.get(e.errno, e.strerror or str(e))
-        where = e.filename or "a file of the run"
+        where = e.filename2 or e.filename or "a file of the run"  # a copy's (filename -> filename2) destination
         return cls(f"cannot write {where}: {what}. Fix: free space or choose a writable place (hydra.run.dir=..., "
                    "MLFLOW_TRACKING_URI=...); the run is recorded FAILED, and the last complete checkpoint resumes it.")
 

@@ -11,7 +11,8 @@ from softmax_lab.console import short_overrides
 from softmax_lab.tracking.sweep_jobs import SWEPT_KEYS_ENV
 
 # Overrides that say where or how things run, not what is trained: left out of run names.
-PLACE_KEYS = ("hydra.", "paths.", "logger.", "+hydra", "ckpt_path", "~", "data.data_dir", "data.download",
+# A deletion (`~key`) is a change like any other and is named, unless it deletes a place key.
+PLACE_KEYS = ("hydra.", "paths.", "logger.", "ckpt_path", "data.data_dir", "data.download",
               "trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar", "callbacks.")
 
 
@@ -38,7 +39,7 @@ def run_name(loss_name: str, impl: str, overrides: list[str]) -> str:
     sweep: what the sweep varies), values to 4 significant digits; a search's trial: 'trial 3: loss=...'."""
     head = [f"loss={loss_name}", f"impl={impl}"]
     trial = next((o[len(TRIAL):] for o in overrides if o.startswith(TRIAL)), None)
-    rest = [o for o in overrides if not o.startswith(("loss=", "impl=", TRIAL, *PLACE_KEYS))]
+    rest = [o for o in overrides if not o.lstrip("~+").startswith(("loss=", "impl=", TRIAL, *PLACE_KEYS))]
     swept = os.environ.get(SWEPT_KEYS_ENV)
     if swept is not None:
         rest = [o for o in rest if o.split("=", 1)[0].lstrip("+~") in swept.split(",")]

@@ -19,6 +19,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from softmax_lab.console import quiet_log_files
 from softmax_lab.errors import RunInterrupted, UserError
 from softmax_lab.jobs.naming import in_multirun, run_name
 from softmax_lab.tracking.sweep_jobs import write_outcome
@@ -29,6 +30,7 @@ log = logging.getLogger("softmax_lab")
 
 def run_job(job: Callable, cfg, objective: str = "val/acc_best") -> float:
     """Run job(cfg) -> metrics; return the objective for sweepers (NaN for a failed sweep job)."""
+    quiet_log_files()  # Hydra has just set up this job's log file
     outcome = {"status": "FAILED", "reason": "", "metrics": {}}
     rank_zero = launched_as_rank_zero()
     try:

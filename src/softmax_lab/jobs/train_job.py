@@ -20,6 +20,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from softmax_lab.config import instantiate_checked, validate_config
+from softmax_lab.console import hydra_override, pasteable, shell_word
 from softmax_lab.errors import WRITE_ERRNOS, ConfigError, RunInterrupted, StorageError, StoreGone
 from softmax_lab.jobs.naming import hydra_context, run_name
 from softmax_lab.jobs.phases import Phases
@@ -91,12 +92,19 @@ class TrainingRun:
         return next(c for c in self.trainer.callbacks if isinstance(c, EpochRecorder))
 
 
+def epoch_limit(run: TrainingRun) -> int:
+    """trainer.max_epochs, or Lightning's own default when `~trainer.max_epochs` deleted it (set at fit: 1000 epochs,
+    or none when max_steps bounds the run)."""
+    limit = run.cfg.trainer.get("max_epochs", run.trainer.max_epochs)
+    return limit if limit is not None else 1000 if run.cfg.trainer.get("max_steps", -1) == -1 else -1
+
+
 def build_run(cfg: DictConfig, overrides: list[str] = (), phases: Phases | None = None) -> TrainingRun:
     """What `cfg` trains, built and checked, before any data is read or any run exists: the data module and the
     module (seeded), the Trainer with the flags the module honours by hand taken out (trainer/flags.py), a
     strategy that cannot train the module refused. ConfigError for anything that cannot be honoured."""
     validate_config(cfg)
-    flags = plan(cfg.trainer, cfg.model.impl, cfg.data.batches_per_step, cfg.callbacks)
+    flags = plan(cfg.trainer, cfg.model.impl, cfg.data.batches_per_step, cfg.get("callbacks") or {})
     pl.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate_checked(cfg.data, **flags.data, _convert_="all")  # plain values: into checkpoints
     module = instantiate_checked(cfg.model, num_inputs=datamodule.num_inputs, num_classes=datamodule.num_classes,
@@ -135,7 +143,9 @@ def _train(cfg: DictConfig, stack: contextlib.ExitStack) -> dict[str, float]:
         connecting.result()  # an unreachable store stops here, before training
     run.phases.mark("build, data and store")
     if resume is not None:
-        resume.refuse_if_finished(run.tracker, cfg.trainer.max_epochs, cfg.trainer.get("max_steps", -1))
+        resume.refuse_if_finished(run.tracker, epoch_limit(run), cfg.trainer.get("max_steps", -1))
+        if 0 <= epoch_limit(run) < resume.epochs_done:  # finishing a killed run past a smaller limit: Lightning
+            run.trainer.fit_loop.max_epochs = resume.epochs_done  # refuses to restore it, so the limit is where it is
     if rank_zero:
         stack.enter_context(run_dir_lock(run.run_dir))
 
@@ -152,12 +162,13 @@ def _train(cfg: DictConfig, stack: contextlib.ExitStack) -> dict[str, float]:
         print(f"resuming {resume.path}: {resume.epochs_done} epoch(s) done, continuing in {run.run_dir}", flush=True)
     params = run_params(cfg, run.loss_name, ctx.get("choices"))
     last = run.run_dir / "checkpoints" / "last.ckpt"
-    command = " ".join(["python src/train.py", *[o for o in run.overrides if not o.startswith("ckpt_path=")],
-                        f"ckpt_path={last}"])
+    resume_override = hydra_override("ckpt_path", last)
+    command = pasteable("src/train.py", [*[o for o in run.overrides if not o.startswith("ckpt_path=")],
+                                         resume_override])
 
     def resume_hint() -> str:
         """A killed run's description: how far it got and the command that continues it."""
-        epochs, done = cfg.trainer.max_epochs, len(run.recorder.history)
+        epochs, done = epoch_limit(run), len(run.recorder.history)
         stopped = f"stopped after epoch {done}" + (f" of {epochs}" if epochs and epochs > 0 else "") + \
             f" (step {run.trainer.global_step})"
         if not last.exists():
@@ -172,7 +183,7 @@ def _train(cfg: DictConfig, stack: contextlib.ExitStack) -> dict[str, float]:
             RunInterrupted(signal.SIGTERM if isinstance(e, SIGTERMException) else signal.SIGINT)
         interrupted.recorded = getattr(e, "recorded", False)
         if last.exists():
-            interrupted.resume_hint = f"ckpt_path={last}"
+            interrupted.resume_hint = shell_word(resume_override)
         if interrupted is e:
             raise
         raise interrupted from e
@@ -238,7 +249,7 @@ def fit_test_record(run: TrainingRun, params: dict[str, str]) -> dict[str, float
             tracker.log_artifact(Path(best), "checkpoints")
         description = run_description(run.name, metrics, history, tracker.model_uri, best, run.run_dir)
         if pruned is not None:
-            description = (f"**Pruned** by the Optuna search after epoch {pruned} of {cfg.trainer.max_epochs}: its "
+            description = (f"**Pruned** by the Optuna search after epoch {pruned} of {epoch_limit(run)}: its "
                            f"val/acc was below what the study's pruner lets go on.\n\n{description}")
         tracker.set_description(description)
         run.phases.mark("artifacts and description")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from softmax_lab.console import short_value
+from softmax_lab.console import shell_word, short_value
 from softmax_lab.files import write_text
 from softmax_lab.pictures.charts import search_history
 from softmax_lab.search.space import SearchSpace
@@ -21,7 +21,7 @@ def best_command(space: SearchSpace, params: dict) -> str:
     """The best trial as one run, its exact values: the command line's own overrides, then the trial's values, one
     a line (a long command wraps on the page and still pastes in a POSIX shell)."""
     fixed = [o for o in space.overrides if not o.startswith(PLACE)]
-    return " \\\n    ".join(["python src/train.py", *fixed, *space.trial_overrides(params)])
+    return " \\\n    ".join(["python src/train.py", *map(shell_word, [*fixed, *space.trial_overrides(params)])])
 
 
 def importances(study) -> dict[str, float]:

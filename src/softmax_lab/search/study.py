@@ -12,6 +12,7 @@ from filelock import FileLock
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from softmax_lab.config import launch_relative
 from softmax_lab.console import redact
 from softmax_lab.errors import ConfigError
 
@@ -100,7 +101,7 @@ def open_study(storage_url: str | None, name: str, direction: str = "maximize", 
                           "the trials' result) or minimize.")
     try:
         with creating(storage_url):
-            storage = optuna.storages.get_storage(storage_url)
+            storage = optuna.storages.get_storage(launch_relative(storage_url))
             study = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True,
                                         sampler=sampler or optuna.samplers.RandomSampler(),
                                         pruner=instantiate(pruner) if pruner is not None else None)
@@ -127,6 +128,6 @@ def load_study(storage_url: str, name: str, pruner=None) -> Study:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.get_storage(storage_url)
+    storage = optuna.storages.get_storage(launch_relative(storage_url))  # the trial may run in its job dir
     study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
     return Study(study, storage, storage.get_study_id_from_name(name))

@@ -65,14 +65,17 @@ class BufferedMlflowLogger(MLFlowLogger):
             if isinstance(v, str) or step <= self._logged_until.get(k, -1) and (step > 0 or not self._trained):
                 continue  # logged before the resume; a step-0 result (test/*) again only if training went on
             self._trained = self._trained or step > 0
+            at = step if step or self._logged_until.get(k, 0) <= 0 else self._logged_until[k]
+            # ^ a result an earlier version logged at a later step (its last): logged again at that step, later in time,
+            # so the runs table shows the new value, as the description does
             if not math.isfinite(v):
-                self._nonfinite[k] = f"{float(v)} at step {step}"
+                self._nonfinite[k] = f"{float(v)} at step {at}"
                 continue
             link = {}
             if k.startswith("test/") and self.model_id:
                 name, digest = self.test_dataset or (None, None)
                 link = {"model_id": self.model_id, "dataset_name": name, "dataset_digest": digest}
-            self._buffer.append(Metric(key=k, value=readable(v), timestamp=now, step=step, **link))
+            self._buffer.append(Metric(key=k, value=readable(v), timestamp=now, step=at, **link))
 
     def flush(self) -> None:
         """Write the buffer; when the store stopped answering, keep it in the spool file instead (and say so by

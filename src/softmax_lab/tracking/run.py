@@ -135,15 +135,16 @@ class MlflowTracker(RunModel):
             writes.insert(1, self.logger.flush)
         if self.model_pending():  # the run ended before its model was saved
             writes.append(self.fail_model)
-        for write in writes:
+        for i, write in enumerate(writes):
             try:
                 with protected():
                     write()
             except (TrackingError, *store_errors()) as e:  # a full disk, a store gone: the others are still tried
-                errors.append(e)
-        if errors:
-            log.warning("MLflow run %s is %s, but not everything could be written to %s: %s", self.run_id, status,
-                        redact(self.uri), first_line(errors[0]))
+                errors.append((i, e))
+        if errors:  # the first write is the status: say whether it holds
+            said = f"is {status}, but not everything" if errors[0][0] else f"could not be marked {status}: nothing"
+            log.warning("MLflow run %s %s could be written to %s: %s", self.run_id, said, redact(self.uri),
+                        first_line(errors[0][1]))
 
     def describe(self) -> str:
         return f"MLflow run {self.run_id} in {redact(self.uri)} (experiment {self.experiment_name})"

@@ -124,14 +124,14 @@ class MlflowSweepCallback(Callback):
     """conf/hydra/default.yaml installs it; in a single run it does nothing."""
 
     def __init__(self):
-        self.client = self.experiment_id = self.parent_run_id = self.uri = self.sweep_dir = None
+        self.client = self.experiment_id = self.parent_run_id = self.uri = self.sweep_dir = self.started = None
         self.ended = False  # the parent's status is final
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         global FAILED_JOBS, ACTIVE
         FAILED_JOBS, ACTIVE = 0, self
         HydraConfig.instance().set_config(config)  # so ${hydra:...} resolves here
-        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        self.sweep_dir, self.started = Path(str(config.hydra.sweep.dir)), time.time()
         space = None
         try:  # a sweep that cannot run is refused in one line, before its parent run exists
             check_sweep_dir(self.sweep_dir)
@@ -192,14 +192,15 @@ class MlflowSweepCallback(Callback):
         sweep_dir = self.sweep_dir
         try:
             rows = summary_rows(self.client, self.experiment_id, self.parent_run_id) if self.parent_run_id else []
-            rows = sorted(rows + outcome_rows(sweep_dir, {r["job"] for r in rows}), key=lambda r: r["job"])
+            rows += outcome_rows(sweep_dir, {r["job"] for r in rows}, self.started)
+            rows.sort(key=lambda r: r["job"])
             FAILED_JOBS = sum(r["status"] not in ("FINISHED", "PRUNED") for r in rows)
             files = write_summary(rows, sweep_dir)
             said = f"{len(rows)} jobs, {FAILED_JOBS} not finished" + (f"; {reason}" if reason else "")
             print(f"\nSweep summary ({said}; files in {sweep_dir}):\n" + markdown_table(rows), flush=True)
             if self.parent_run_id is not None:
                 search = [p for p in (sweep_dir / n for n in SEARCH_FILES) if p.exists()]  # search/report.py
-                self._record_result(rows, best_row(rows), files + search, reason)
+                record_result(self.client, self.experiment_id, self.parent_run_id, rows, files + search, reason)
                 with protected():
                     self.client.set_tag(self.parent_run_id, "state", status.lower())
                     self.client.set_terminated(self.parent_run_id, status)
@@ -214,30 +215,31 @@ class MlflowSweepCallback(Callback):
             self.ended = True
             raise
 
-    def _record_result(self, rows: list[dict], best: dict | None, files: list[Path], stopped: str | None) -> None:
-        """The parent tells the sweep's result: the best job (tags, winner/* metrics, a link), the table as its
-        description."""
-        from mlflow.entities import Metric
 
-        pid = self.parent_run_id
-        with protected():
-            for p in files:
-                self.client.log_artifact(pid, str(p), "summary")
-            report = next((p.read_text() + "\n" for p in files if p.name == "search.md"), "")
-            tags = {"jobs": len(rows), "failed_jobs": FAILED_JOBS,
-                    "mlflow.note.content": (report + parent_description(rows, best, FAILED_JOBS,
-                                                                        self.experiment_id, stopped))[:MAX_TAG_VALUE]}
-            if best is not None:
-                tags.update(best_job=best["job"], best_run_id=best["run_id"], best_overrides=best["overrides"],
-                            best_test_acc=f"{best['test_acc']:.4f}", best_val_acc_best=f"{best['val_acc_best']:.4f}")
-                # the winner's result under the parent's own keys (their section sorts last): as test/acc etc. the
-                # parent would be one more bar in every chart comparing the jobs
-                values = {"winner/val_acc_best": best["val_acc_best"], "winner/test_acc": best["test_acc"],
-                          "winner/test_ece": best["test_ece"], "winner/test_nll": best["test_nll"]}
-                now = int(time.time() * 1000)
-                self.client.log_batch(pid, metrics=[Metric(k, readable(v), now, 0) for k, v in values.items()
-                                                    if v is not None])
-            for k, v in tags.items():
-                self.client.set_tag(pid, k, str(v))
-            for rank, r in enumerate(ranked([r for r in rows if r["run_id"]]), 1):  # the order of the sweep's view
-                self.client.set_tag(r["run_id"], "sweep_rank", f"{rank:03d}")
+def record_result(client, experiment_id: str, pid: str, rows: list[dict], files: list[Path],
+                  stopped: str | None) -> None:
+    """The parent `pid` tells the sweep's result: the best job (tags, winner/* metrics, a link), the table as its
+    description; each job's place in the answer (sweep_rank, the order of the sweep's view)."""
+    from mlflow.entities import Metric
+
+    best = best_row(rows)
+    with protected():
+        for p in files:
+            client.log_artifact(pid, str(p), "summary")
+        report = next((p.read_text() + "\n" for p in files if p.name == "search.md"), "")
+        tags = {"jobs": len(rows), "failed_jobs": FAILED_JOBS,
+                "mlflow.note.content": (report + parent_description(rows, best, FAILED_JOBS,
+                                                                    experiment_id, stopped))[:MAX_TAG_VALUE]}
+        if best is not None:
+            tags.update(best_job=best["job"], best_run_id=best["run_id"], best_overrides=best["overrides"],
+                        best_test_acc=f"{best['test_acc']:.4f}", best_val_acc_best=f"{best['val_acc_best']:.4f}")
+            # the winner's result under the parent's own keys (their section sorts last): as test/acc etc. the
+            # parent would be one more bar in every chart comparing the jobs
+            values = {"winner/val_acc_best": best["val_acc_best"], "winner/test_acc": best["test_acc"],
+                      "winner/test_ece": best["test_ece"], "winner/test_nll": best["test_nll"]}
+            now = int(time.time() * 1000)
+            client.log_batch(pid, metrics=[Metric(k, readable(v), now, 0) for k, v in values.items() if v is not None])
+        for k, v in tags.items():
+            client.set_tag(pid, k, str(v))
+        for rank, r in enumerate(ranked([r for r in rows if r["run_id"]]), 1):  # the order of the sweep's view
+            client.set_tag(r["run_id"], "sweep_rank", f"{rank:03d}")

@@ -26,12 +26,13 @@ def _job_dirs(sweep_dir: Path) -> dict[int, Path]:
     return dirs
 
 
-def outcome_rows(sweep_dir: Path, known_jobs: set[int]) -> list[dict]:
+def outcome_rows(sweep_dir: Path, known_jobs: set[int], since: float | None = None) -> list[dict]:
     """Rows for jobs MLflow does not know (refused before their run existed, or not tracked), from their
-    job_outcome.json; a job dir without a readable one is a job that never reported (killed): LOST."""
+    job_outcome.json; a job dir without a readable one is a job that never reported (killed): LOST. A job dir from
+    before `since` (an earlier command's, in the same sweep dir: a search continued there) is not this sweep's."""
     rows = []
     for job, d in sorted(_job_dirs(sweep_dir).items()):
-        if job in known_jobs:
+        if job in known_jobs or since is not None and (d / ".hydra").stat().st_mtime < since:
             continue
         o = read_outcome(d)
         m = o.get("metrics") if isinstance(o.get("metrics"), dict) else {}

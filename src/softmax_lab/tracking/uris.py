@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from softmax_lab.config import PROJECT_ROOT
+from softmax_lab.config import PROJECT_ROOT, launch_relative
 
 UI_VIEW = "workflowType=machine_learning"  # MLflow 3's UI opens its GenAI view without it
 # The runs table's columns, filter and charts cannot all be set by a URL; MLflow's "shared view" can: an experiment
@@ -62,8 +62,9 @@ def default_tracking_uri() -> str:
 
 
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """logger.tracking_uri, else $MLFLOW_TRACKING_URI, else the project's sqlite store."""
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    """logger.tracking_uri, else $MLFLOW_TRACKING_URI, else the project's sqlite store; a relative sqlite path from
+    the launch directory (config.launch_relative)."""
+    return launch_relative(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")) or default_tracking_uri()
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -18,7 +18,7 @@ def make_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     """The configured callbacks (`null` switches one off) and the EpochRecorder every training run has. The switches
     Lightning users know also work: trainer.enable_progress_bar=false removes our bar, trainer.enable_checkpointing
     =false our checkpoints."""
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]  # ~callbacks: none
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if not cfg.trainer.get("enable_checkpointing", True):
