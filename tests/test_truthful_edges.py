@@ -223,3 +223,38 @@ def test_quiet_console_leaves_store_errors_to_our_one_line():
     quiet_console()
     assert logging.getLogger("mlflow.store.db.utils").getEffectiveLevel() == logging.CRITICAL
     assert QUIET  # the tests' own quiet overrides are unchanged
+
+
+# ---- a signal while another thread writes -------------------------------------------------------------------------
+
+
+def test_a_signal_while_a_worker_thread_writes_ends_the_main_thread_at_once_and_never_the_worker():
+    """The pictures are drawn in a worker while the main thread logs the model: a signal then must stop the main
+    thread (Python raises it there), not wait for the worker's write and then raise inside the worker."""
+    import threading
+
+    from softmax_lab.errors import RunInterrupted
+    from softmax_lab.signals import INTERRUPTS
+
+    inside, release, raised_in_worker = threading.Event(), threading.Event(), []
+
+    def worker():
+        try:
+            with INTERRUPTS.protected():
+                inside.set()
+                release.wait(10)
+        except RunInterrupted:
+            raised_in_worker.append(True)
+
+    with INTERRUPTS.installed():
+        t = threading.Thread(target=worker)
+        t.start()
+        assert inside.wait(5)
+        started = time.monotonic()
+        with pytest.raises(RunInterrupted):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the main thread's own work: the signal ends it here
+        assert time.monotonic() - started < 2
+        release.set()
+        t.join(5)
+    assert not raised_in_worker
