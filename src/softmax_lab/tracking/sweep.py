@@ -96,7 +96,7 @@ def stopped(e: BaseException) -> None:
         return
     name = signal.Signals(code - 128).name
     if ACTIVE is None or ACTIVE.ended:
-        if not isinstance(e, SystemExit):  # a job says its own line
+        if ACTIVE is None and not isinstance(e, SystemExit):  # (a job that exits says its own line)
             logging.getLogger("softmax_lab").error("interrupted by %s before any run started; nothing was recorded",
                                                    name)
         sys.exit(code)
@@ -179,6 +179,7 @@ class MlflowSweepCallback(Callback):
         if self.parent_run_id is not None:
             with protected():
                 self.client.set_terminated(self.parent_run_id, "KILLED")
+                self.client.set_tag(self.parent_run_id, "state", "killed")
                 self.client.set_tag(self.parent_run_id, "failure_reason", reason)
             end_stopped_jobs(self.client, self.experiment_id, self.parent_run_id, signum, reason)
         self._conclude("KILLED", reason)
