@@ -52,3 +52,21 @@ def test_ddp_inside_a_local_multirun_is_refused_per_job(tiny_data, tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == 1 and "Traceback" not in out, out
     assert out.count("DDP processes inside a local Hydra multirun") == 2 and "(2 jobs, 2 not finished" in out
+
+
+def test_a_ddp_run_killed_after_training_is_finished_by_its_resume(tiny_data, tmp_path):
+    """Killed while testing (training done): the resume tests and records it. Rank 1 has no MLflow run to ask; it
+    used to refuse 'nothing left to train' unseen, and Lightning killed rank 0 (exit 137, the run left RUNNING)."""
+    from mlflow.tracking import MlflowClient
+
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    args = ["trainer=ddp_cpu", f"data.data_dir={tiny_data}", "data.val_size=100", "trainer.max_epochs=2",
+            "trainer.enable_progress_bar=false", "~callbacks.progress_bar", f"hydra.run.dir={tmp_path / 'run'}"]
+    assert run_cli(args, env=env, timeout=180).returncode == 0
+    _, [run] = mlflow_runs(env["MLFLOW_TRACKING_URI"])
+    MlflowClient(env["MLFLOW_TRACKING_URI"]).set_terminated(run.info.run_id, "KILLED")  # as if killed while testing
+    r = run_cli([*args, f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}"], env=env, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "nothing left to train" in r.stdout and "finishing its KILLED run" in r.stdout
+    _, [again] = mlflow_runs(env["MLFLOW_TRACKING_URI"])
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"

@@ -143,7 +143,8 @@ def _train(cfg: DictConfig, stack: contextlib.ExitStack) -> dict[str, float]:
         connecting.result()  # an unreachable store stops here, before training
     run.phases.mark("build, data and store")
     if resume is not None:
-        resume.refuse_if_finished(run.tracker, epoch_limit(run), cfg.trainer.get("max_steps", -1))
+        if rank_zero:  # it decides, from its run's status; the other DDP ranks exist only because it went on to fit
+            resume.refuse_if_finished(run.tracker, epoch_limit(run), cfg.trainer.get("max_steps", -1))
         if 0 <= epoch_limit(run) < resume.epochs_done:  # finishing a killed run past a smaller limit: Lightning
             run.trainer.fit_loop.max_epochs = resume.epochs_done  # refuses to restore it, so the limit is where it is
     if rank_zero:
