@@ -291,3 +291,14 @@ def test_val_size_must_leave_training_images(tiny_data):
     dm = FashionMNISTDataModule(data_dir=str(tiny_data), val_size=600)
     with pytest.raises(DataError, match="data.val_size=600 leaves no training images: the training set has 600"):
         dm.load()
+
+
+def test_pixels_are_the_files_bytes_over_255_exactly(tiny_data):
+    """As torchvision's ToTensor: 255 is 1.0 and every value byte/255 (not /256, not rounded)."""
+    from softmax_lab.data.idx import read_idx
+
+    dm = FashionMNISTDataModule(data_dir=str(tiny_data), val_size=100)
+    dm.setup("test")
+    raw = read_idx(tiny_data / "t10k-images-idx3-ubyte.gz", 2051)
+    X, _ = dm.splits["test"]
+    assert torch.equal(X.reshape(raw.shape), raw.float() / 255)

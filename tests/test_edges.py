@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from conftest import ROOT, mlflow_runs, unmeasured_env
 from softmax_lab.errors import RunInterrupted, StorageError, TrackingError
@@ -202,3 +203,26 @@ def test_mlflow_variables_that_would_change_the_run_are_refused_before_it_exists
         train(make_cfg("trainer.max_epochs=1"))
     client, runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert runs == []
+
+
+def test_a_signal_during_a_checkpoint_write_waits_for_the_checkpoint(tmp_path, monkeypatch):
+    """What AtomicCheckpointIO adds to Lightning's own atomic save: the signal is held until the new checkpoint is in
+    place (without it, the kill lands mid-write and the run's last epoch is not saved)."""
+    from pytorch_lightning.plugins import TorchCheckpointIO
+
+    from softmax_lab.errors import RunInterrupted
+    from softmax_lab.signals import INTERRUPTS
+    from softmax_lab.trainer.checkpoint_io import AtomicCheckpointIO
+
+    lightning_save = TorchCheckpointIO.save_checkpoint
+
+    def interrupted_save(self, checkpoint, path, storage_options=None):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives while the checkpoint is being written
+        time.sleep(0.2)
+        lightning_save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", interrupted_save)
+    path = tmp_path / "last.ckpt"
+    with INTERRUPTS.installed(), pytest.raises(RunInterrupted):
+        AtomicCheckpointIO().save_checkpoint({"epoch": 2}, path)
+    assert torch.load(path, weights_only=True) == {"epoch": 2}

@@ -258,3 +258,20 @@ def test_a_signal_while_a_worker_thread_writes_ends_the_main_thread_at_once_and_
         release.set()
         t.join(5)
     assert not raised_in_worker
+
+
+def test_the_status_is_written_first_so_a_signal_during_the_rest_leaves_it_true(tmp_path, monkeypatch):
+    from softmax_lab.errors import RunInterrupted
+    from softmax_lab.tracking.run import MlflowTracker
+
+    tracker = MlflowTracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker.connect()
+    tracker.start_run("loss=ce impl=nn", {})
+
+    def a_signal_arrives(tags):
+        raise RunInterrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(tracker, "set_tags", a_signal_arrives)  # the reason and description, after the status
+    with pytest.raises(RunInterrupted):
+        tracker.finish("FAILED", "training diverged", "**FAILED**: training diverged")
+    assert tracker.client.get_run(tracker.run_id).info.status == "FAILED"
