@@ -130,6 +130,16 @@ def test_precision_plugins_train_test_and_draw(make_cfg, impl, precision):
     cfg = make_cfg(f"impl={impl}", "logger=none", f"+trainer.precision={precision}")
     metrics = train(cfg)
     assert metrics["test/acc"] > 0.5 and (Path(cfg.paths.output_dir) / "predictions.png").exists()
+    if precision.endswith("-true"):  # the precision asked for is the one the weights were trained in
+        dtype = {"64-true": torch.float64, "bf16-true": torch.bfloat16, "16-true": torch.float16}[precision]
+        assert weights(cfg).dtype == dtype
+
+
+@pytest.mark.parametrize("impl, precision", PRECISIONS)
+def test_the_trainer_runs_at_the_precision_asked_for(make_cfg, impl, precision):
+    from softmax_lab.jobs.train_job import build_run
+
+    assert build_run(make_cfg(f"impl={impl}", f"+trainer.precision={precision}")).trainer.precision == precision
 
 
 @pytest.mark.parametrize("impl", ["scratch", "nn"])
