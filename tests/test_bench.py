@@ -23,6 +23,8 @@ def test_benchmark_smoke(tiny_data, tmp_path):
     assert set(report["epoch"]) == {"plain_autograd", "plain_analytic", "ours_nn", "ours_scratch", "ours_func",
                                       "ours_nn_speed", "ours_scratch_speed", "ours_func_speed"}
     assert report["func_vs_nn_epoch"] > 0
+    for impl in ("nn", "scratch", "func"):  # each row measured the impl it names (read back from its run's params)
+        assert report["epoch"][f"ours_{impl}"]["impl"] == report["epoch"][f"ours_{impl}_speed"]["impl"] == impl
     assert report["epoch"]["plain_autograd"]["ratio_vs_plain"] == 1.0
     assert all(v["median_epoch_s"] > 0 and v["epochs"] == 2 for v in report["epoch"].values())
     assert "ours_scratch" in r.stdout
