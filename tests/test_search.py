@@ -203,10 +203,13 @@ def test_a_search_continues_its_study_and_a_stopped_one_fails_its_trial(tiny_dat
     command = " ".join(block.replace("\\\n", " ").split())  # and pastes as one command in a POSIX shell
     assert f"optimizer.lr={best.params['optimizer.lr']!r}" in command and "hparams_search" not in command
     # each trial's run reads short: its number first, its values to 4 significant digits
+    from softmax_lab.console import short_value
+
     for k in kids:
         lr = float(k.data.params["optimizer.lr"])
         assert k.info.run_name.startswith(f"trial {k.data.tags['optuna_trial']}: loss=ce impl=nn")
-        assert f"optimizer.lr={lr:.4g}" in k.info.run_name and k.data.tags["kind"] == "train"
+        assert f"optimizer.lr={short_value(lr)}" in k.info.run_name and k.data.tags["kind"] == "train"
+        assert len(short_value(lr).replace("e-0", "")) <= 7  # 4 significant digits, never a run of them
     assert {"search.png", "search.md"} <= {a.path.split("/")[-1] for a in client.list_artifacts(
         parent.info.run_id, "summary")}
 
