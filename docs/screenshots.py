@@ -56,6 +56,7 @@ def pages(store: str, base: str) -> dict[str, str]:
     evaluation = next(r for r in runs if r.data.tags.get("kind") == "eval")
     run_page = f"{base}/#/experiments/{exp.experiment_id}/runs/{{}}?{UI_VIEW}"
     return {"ui_runs.png": runs_url(base, exp.experiment_id),
+            "ui_compare.png": runs_url(base, exp.experiment_id).replace("?", "?compareRunsMode=CHART&", 1),
             "ui_sweep.png": sweep_url(base, exp.experiment_id, sweep.info.run_id),
             "ui_sweep_table.png": sweep_url(base, exp.experiment_id, sweep.info.run_id).replace("=CHART", "=TABLE"),
             "ui_search.png": sweep_url(base, exp.experiment_id, search.info.run_id),
