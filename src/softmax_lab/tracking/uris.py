@@ -31,9 +31,9 @@ def sweep_view_key(parent_run_id: str) -> str:
 
 
 def sweep_view(parent_run_id: str, swept_keys: list[str]) -> tuple[str, str]:
-    """(tag key, JSON): one sweep's jobs in job order, the swept keys, state and results as columns, every job
-    drawn (MLflow draws the first 10 by default): test accuracy against calibration (ECE), and the validation
-    accuracy and loss of every job against the epoch."""
+    """(tag key, JSON): one sweep's jobs ranked as its answer (sweep_rank), the swept keys, state and results as
+    columns, every job drawn (MLflow draws the first 10 by default): test accuracy against calibration (ECE), and
+    the validation accuracy and loss of every job against the epoch."""
     def line(uid: str, key: str) -> dict:
         return {"uuid": uid, "type": "LINE", "metricSectionId": "sweep", "isGenerated": False, "deleted": False,
                 "runsCountToCompare": 100, "metricKey": key, "selectedMetricKeys": [key], "xAxisKey": "metric",
