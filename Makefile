@@ -8,7 +8,7 @@ PORT   ?= 5000
 STORE  ?= sqlite:///$(CURDIR)/outputs/mlflow.db
 ARGS   ?=
 
-.PHONY: install train test test-all ui bench figures lint clean constraints
+.PHONY: install train test test-all ui bench gpu-check figures lint clean constraints
 
 install: $(STAMP)
 
@@ -39,6 +39,11 @@ ui: install
 
 bench: install
 	$(PY) benchmarks/bench.py $(ARGS)
+
+# Where a GPU is: each impl at 32-true and bf16-mixed, DDP on every visible GPU, our epoch against a plain GPU loop;
+# one JSON (outputs/gpu_check.json), a few minutes. Elsewhere it says there is no GPU (exit 2).
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py $(ARGS)
 
 # The loss zoo (docs/loss_zoo.png): each loss, its likelihood and gradient, from src/softmax_lab/maths/losses.py;
 # the stability edge of each loss and sharpness over training (docs/sharpness.md, docs/sharpness.png; real data,
