@@ -39,6 +39,30 @@ def redact(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+# scheme://user:password@host: the password of a store's or a study's URL, wherever such a URL is quoted; also as
+# Hydra escapes it in a sweep's overrides (postgresql\://lab\:pw@host) and as JSON escapes that (\\:)
+URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*\\*://[^\s:/@'\"\\]*)(\\*:)[^\s@/'\"]+@")
+
+
+def redact_text(text: str) -> str:
+    """`text` with the password of every URL in it replaced by ***: what the project writes, logs and sends to MLflow
+    (files.write_text, SecretFilter, tracking/store.py's client) passes through it."""
+    return URL_PASSWORD.sub(r"\1\2***@", text) if "@" in text else text
+
+
+class SecretFilter(logging.Filter):
+    """A logging filter (on Hydra's console and train.log handlers, conf/hydra/default.yaml) that takes passwords out
+    of every record: Hydra's own launch and error lines quote the overrides, a store's URL among them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "@" in message:
+            record.msg, record.args = redact_text(message), ()
+        if record.exc_info and "@" in str(record.exc_info[1]):
+            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
 def short_value(value) -> str:
     """A value as people read it in a name or a table: a float to 4 significant digits (0.0297341206 -> 0.02973,
     the exact value stays in the params); anything else as it is."""

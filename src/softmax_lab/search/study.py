@@ -3,18 +3,17 @@ a trial found by its number from any process, and what a finished trial tells it
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from softmax_lab.config import launch_relative
 from softmax_lab.console import redact
 from softmax_lab.errors import ConfigError
+from softmax_lab.files import creation_lock
 
 PRUNED_AT = "pruned_at_epoch"  # the trial's user attribute a pruned trial sets (search/pruning.py)
 INTERRUPTED = "interrupted"  # a trial failed because its search was stopped
@@ -29,19 +28,6 @@ def sqlite_file(storage: str | None) -> Path | None:
     if storage and storage.startswith("sqlite:///") and ":memory:" not in storage:
         return Path(storage.removeprefix("sqlite:///"))
     return None
-
-
-@contextlib.contextmanager
-def creating(storage: str | None):
-    """sqlite does not create the file's folder, and two processes creating a fresh file's tables at once collide:
-    one at a time here."""
-    db = sqlite_file(storage)
-    if db is None:
-        yield
-        return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(db) + ".lock"):
-        yield
 
 
 @dataclass
@@ -100,7 +86,7 @@ def open_study(storage_url: str | None, name: str, direction: str = "maximize", 
         raise ConfigError(f"hydra.sweeper.direction={direction} is not allowed: expected maximize (val/acc_best, "
                           "the trials' result) or minimize.")
     try:
-        with creating(storage_url):
+        with creation_lock(launch_relative(storage_url), sqlite_file(storage_url)):
             storage = optuna.storages.get_storage(launch_relative(storage_url))
             study = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True,
                                         sampler=sampler or optuna.samplers.RandomSampler(),

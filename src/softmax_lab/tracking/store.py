@@ -13,10 +13,9 @@ import time
 from functools import cache
 from pathlib import Path
 
-from filelock import FileLock
-
-from softmax_lab.console import redact
+from softmax_lab.console import redact, redact_text
 from softmax_lab.errors import StoreGone, TrackingError
+from softmax_lab.files import creation_lock
 from softmax_lab.signals import protected
 from softmax_lab.tracking.uris import artifact_location_for, runs_view, sqlite_path
 
@@ -117,18 +116,6 @@ def check_sqlite_store(db: Path) -> None:
                             f"e.g. sqlite:///{db.with_name('mlflow.db')}.")
 
 
-@contextlib.contextmanager
-def store_lock(db: Path | None):
-    """Processes creating one fresh sqlite store at once race on its schema migrations: one creates it
-    while the others wait on a lock file beside it. A no-op for other stores."""
-    if db is None:
-        yield
-        return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(db.with_name(db.name + ".lock")):
-        yield
-
-
 def store_template() -> Path:
     """Where an empty store made by this MLflow version is kept (beside the installed packages)."""
     import mlflow
@@ -137,7 +124,7 @@ def store_template() -> Path:
 
 
 def new_sqlite_store(db: Path) -> None:
-    """Create the store at `db` (under store_lock) by copying an empty one this MLflow version made: its ~50
+    """Create the store at `db` (under files.creation_lock) by copying an empty one this MLflow version made: its ~50
     schema migrations take seconds each time otherwise. The template is made once, by MLflow itself
     (`make install` makes it ahead); where it cannot be kept, MLflow creates the store as usual."""
     template = store_template()
@@ -180,10 +167,44 @@ def ensure_experiment(client, name: str, uri: str) -> str:
     return experiment_id
 
 
-def connect(uri: str, experiment_name: str):
-    """(client, experiment_id), or TrackingError naming the URI; creates a fresh sqlite store safely."""
+@cache
+def secret_free_client():
+    """MlflowClient, with every run name, tag, param and description it sends passed through redact_text: a store's
+    or a study's password quoted in an override never reaches the store."""
+    from mlflow.entities import Param, RunTag
     from mlflow.tracking import MlflowClient
 
+    def clean(mapping):
+        return {k: redact_text(str(v)) for k, v in mapping.items()} if mapping else mapping
+
+    class SecretFreeClient(MlflowClient):
+        def create_run(self, experiment_id, start_time=None, tags=None, run_name=None):
+            return super().create_run(experiment_id, start_time, clean(tags), run_name and redact_text(run_name))
+
+        def update_run(self, run_id, status=None, name=None):
+            return super().update_run(run_id, status, name and redact_text(name))
+
+        def set_tag(self, run_id, key, value, synchronous=None):
+            return super().set_tag(run_id, key, redact_text(str(value)), synchronous=synchronous)
+
+        def log_param(self, run_id, key, value, synchronous=None):
+            return super().log_param(run_id, key, redact_text(str(value)), synchronous=synchronous)
+
+        def log_batch(self, run_id, metrics=(), params=(), tags=(), synchronous=None):
+            return super().log_batch(run_id, metrics, [Param(p.key, redact_text(p.value)) for p in params],
+                                     [RunTag(t.key, redact_text(t.value)) for t in tags], synchronous=synchronous)
+
+        def set_experiment_tag(self, experiment_id, key, value):
+            return super().set_experiment_tag(experiment_id, key, redact_text(str(value)))
+
+        def update_model_version(self, name, version, description=None):
+            return super().update_model_version(name, version, description and redact_text(description))
+
+    return SecretFreeClient
+
+
+def connect(uri: str, experiment_name: str):
+    """(client, experiment_id), or TrackingError naming the URI; creates a fresh sqlite store safely."""
     check_mlflow_environment()
     for key, value in HTTP_PATIENCE.items():  # a user's own setting means what MLflow says
         os.environ.setdefault(key, value)
@@ -193,18 +214,19 @@ def connect(uri: str, experiment_name: str):
     db = sqlite_path(uri)
     t0 = time.perf_counter()
     try:
-        with _fail_fast_http(), store_lock(db), protected():
+        with _fail_fast_http(), creation_lock(uri, db), protected():
             if db is not None:
                 check_sqlite_store(db)
                 if not db.exists() or db.stat().st_size == 0:
                     new_sqlite_store(db)
-            client = MlflowClient(uri)
+            client = secret_free_client()(uri)
             experiment_id = ensure_experiment(client, experiment_name, uri)
             wanted = os.environ.get("MLFLOW_EXPERIMENT_ID")
     except store_errors() as e:
+        fix = ("check the database's host, port, user, password and name in" if "://" in uri and not
+               uri.startswith(("http", "file", "sqlite", "databricks")) else "start the tracking server or correct")
         raise TrackingError(f"the MLflow tracking store {redact(uri)} cannot be used ({first_line(e)[:300]}). "
-                            "Fix: start the tracking server or correct MLFLOW_TRACKING_URI / logger.tracking_uri, "
-                            "or run with logger=none.") from e
+                            f"Fix: {fix} MLFLOW_TRACKING_URI / logger.tracking_uri, or run with logger=none.") from e
     if wanted and wanted != experiment_id:
         raise TrackingError(f"MLFLOW_EXPERIMENT_ID={wanted}, but the runs go to experiment {experiment_name!r} (id "
                             f"{experiment_id}) in {redact(uri)}, named by logger.experiment_name or "
