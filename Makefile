@@ -5,10 +5,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PORT   ?= 5000
+SERVE_PORT ?= 5001
 STORE  ?= sqlite:///$(CURDIR)/outputs/mlflow.db
 ARGS   ?=
 
-.PHONY: install train test test-all ui bench gpu-check figures lint clean constraints
+.PHONY: install train test test-all ui serve bench gpu-check figures lint clean constraints
 
 install: $(STAMP)
 
@@ -36,6 +37,13 @@ test-all: install
 # runs table, then serves the store with one worker (starts in seconds).
 ui: install
 	@$(PY) -m softmax_lab.tracking.ui --store "$(STORE)" --host 127.0.0.1 --port $(PORT)
+
+# A logged model over REST (POST /invocations, pixels in [0, 1]): make serve MODEL=models:/<model id> (printed by
+# each run), from the project's store or MLFLOW_TRACKING_URI. MLflow starts uvicorn from the PATH: the venv's.
+serve: install
+	@test -n "$(MODEL)" || { echo "make serve needs MODEL=models:/<model id> (each run prints its own)"; exit 2; }
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-$(STORE)}" \
+		$(PY) -m mlflow models serve -m "$(MODEL)" --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
 
 bench: install
 	$(PY) benchmarks/bench.py $(ARGS)

@@ -42,12 +42,37 @@ class SoftmaxRegressionPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: TypeFromExample, params=None) -> pd.DataFrame:
         # TypeFromExample: MLflow takes the input's type from the input example (a float32 array)
-        X = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-        P = self.classifier().probabilities(X.reshape(len(X), -1)).numpy()
+        X = checked_pixels(np.asarray(model_input, dtype=np.float32))
+        P = self.classifier().probabilities(torch.as_tensor(X)).numpy() if len(X) else np.zeros((0, len(self.b)))
         ids = P.argmax(axis=1)
         columns = {"class_id": ids, "class_name": [self.class_names[i] for i in ids], "probability": P.max(axis=1)}
         columns.update({f"p_{name.replace(' ', '_')}": P[:, i] for i, name in enumerate(self.class_names)})
         return pd.DataFrame(columns)
+
+
+PIXELS = 28 * 28
+
+
+def checked_pixels(X: np.ndarray) -> np.ndarray:
+    """(n, 784) pixels in [0, 1], or MLflow's INVALID_PARAMETER_VALUE (a 400 from `mlflow models serve`) saying what
+    is wrong in one sentence: 0..255 pixels would saturate every probability and change classes, a NaN would answer
+    NaN. An empty batch is an empty answer."""
+    from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+    def refuse(why: str):
+        raise MlflowException(f"{why}. The model takes float32 rows of {PIXELS} pixels in [0, 1] (28x28 images "
+                              "flattened, light object on dark).", error_code=INVALID_PARAMETER_VALUE)
+
+    if X.ndim == 0 or (X.size and X.size % PIXELS) or (len(X) and X[0].size != PIXELS):
+        refuse(f"an input of shape {X.shape} is not rows of {PIXELS} pixels")
+    X = X.reshape(-1, PIXELS)
+    if not np.isfinite(X).all():
+        rows = np.flatnonzero(~np.isfinite(X).all(axis=1))
+        refuse(f"row {rows[0]} holds a non-finite pixel (NaN or inf; {len(rows)} such row(s))")
+    if X.size and (X.min() < 0 or X.max() > 1):
+        hint = ": divide 0..255 images by 255" if X.max() > 1 else ""
+        refuse(f"pixels range over [{X.min():g}, {X.max():g}], outside [0, 1]{hint}")
+    return X
 
 
 class _NotOurs(logging.Filter):
