@@ -114,9 +114,10 @@ def instantiate_checked(node, **kwargs):
         raise
 
 
-def compose(overrides: list[str], output_dir: str | Path, config_name: str = "train") -> DictConfig:
+def compose(overrides: list[str], output_dir: str | Path, config_name: str = "train",
+            return_hydra_config: bool = False) -> DictConfig:
     """The config `python src/<config_name>.py OVERRIDES` would run, writing to output_dir; for tests,
-    benchmarks and notebooks, which call train(cfg) or evaluate(cfg) without a Hydra app."""
+    benchmarks and notebooks (jobs/api.py), which call train(cfg) or evaluate(cfg) without a Hydra app."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -124,7 +125,8 @@ def compose(overrides: list[str], output_dir: str | Path, config_name: str = "tr
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose(config_name, overrides=[*overrides, f"paths.output_dir={output_dir}"])
+        return hydra_compose(config_name, overrides=[*overrides, f"paths.output_dir={output_dir}"],
+                             return_hydra_config=return_hydra_config)
 
 
 FLOAT32_MAX = 3.4028234663852886e38  # the settings meet float32 tensors: beyond it they overflow

@@ -12,7 +12,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from softmax_lab.config import validate_eval_config
 from softmax_lab.data.datamodule import FashionMNISTDataModule
 from softmax_lab.errors import ConfigError
-from softmax_lab.jobs.naming import hydra_context
+from softmax_lab.jobs.naming import check_run_dir, hydra_context
 from softmax_lab.jobs.run_report import print_summary, record_pictures, scalars, test_table, write_run_config
 from softmax_lab.maths.losses import name_of
 from softmax_lab.signals import INTERRUPTS
@@ -22,10 +22,10 @@ from softmax_lab.tracking.run_fields import source_tags
 from softmax_lab.trainer.checkpoints import read_checkpoint
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test a checkpoint on the official test set as an MLflow run of its own; its metrics."""
+def evaluate(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, float]:
+    """Test a checkpoint on the official test set as an MLflow run of its own; its metrics. `overrides` as train's."""
     with INTERRUPTS.installed():
-        return _evaluate(cfg)
+        return _evaluate(cfg, list(overrides))
 
 
 def eval_description(path: Path, source_run_id: str | None, tracker, metrics: dict[str, float]) -> str:
@@ -43,7 +43,8 @@ def eval_description(path: Path, source_run_id: str | None, tracker, metrics: di
                       "kind=eval).", "", f"Checkpoint: `{path.resolve()}`", "", *test_table(metrics)])
 
 
-def _evaluate(cfg: DictConfig) -> dict[str, float]:
+def _evaluate(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
+    check_run_dir(cfg)
     validate_eval_config(cfg)
     path = Path(cfg.ckpt_path).expanduser()
     ckpt = read_checkpoint(path)
@@ -62,7 +63,7 @@ def _evaluate(cfg: DictConfig) -> dict[str, float]:
     tracker.connect()
     datamodule.load()
     run_dir = Path(cfg.paths.output_dir)
-    overrides = hydra_context().get("overrides", [])
+    overrides = hydra_context().get("overrides", overrides)
     hp = ckpt["hyper_parameters"]
     loss = name_of(hp["loss"]["_target_"])
     name = f"eval {path.name} (loss={loss} impl={hp['impl']})"

@@ -6,8 +6,10 @@ import os
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from softmax_lab.console import short_overrides
+from softmax_lab.errors import ConfigError
 from softmax_lab.tracking.sweep_jobs import SWEPT_KEYS_ENV
 
 # Overrides that say where or how things run, not what is trained: left out of run names.
@@ -29,6 +31,15 @@ def hydra_context() -> dict:
     if hc.mode == RunMode.MULTIRUN:  # reading job.num in a single run raises
         ctx.update(job_num=hc.job.num, sweep_dir=hc.sweep.dir, launcher=str(hc.launcher.get("_target_", "")))
     return ctx
+
+
+def check_run_dir(cfg: DictConfig) -> None:
+    """A config composed with Hydra's own compose API, outside a Hydra app, has no run dir: one line saying how to
+    give it one, instead of OmegaConf's `HydraConfig was not set`."""
+    if not HydraConfig.initialized() and str(OmegaConf.to_container(cfg.paths)["output_dir"]).startswith("${hydra:"):
+        raise ConfigError("paths.output_dir is Hydra's run dir (${hydra:runtime.output_dir}), and no Hydra app is "
+                          "running. Fix: softmax_lab.jobs.api.train(...) / evaluate(...), which give each run its own, "
+                          "or compose with the override paths.output_dir=<a folder>.")
 
 
 TRIAL = "search.trial="  # an Optuna search's trial number (hparams_search=optuna): the name starts with it

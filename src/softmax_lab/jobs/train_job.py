@@ -22,7 +22,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from softmax_lab.config import instantiate_checked, validate_config
 from softmax_lab.console import hydra_override, pasteable, shell_word
 from softmax_lab.errors import WRITE_ERRNOS, ConfigError, RunInterrupted, StorageError, StoreGone
-from softmax_lab.jobs.naming import hydra_context, run_name
+from softmax_lab.jobs.naming import check_run_dir, hydra_context, run_name
 from softmax_lab.jobs.phases import Phases
 from softmax_lab.jobs.resume import Resume
 from softmax_lab.jobs.run_report import (
@@ -46,13 +46,14 @@ from softmax_lab.trainer.flags import check_trainer, plan
 from softmax_lab.trainer.processes import launched_as_rank_zero, stop_other_ranks
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Train and test one model as `cfg` says; return its metrics (val/acc_best for sweepers).
+def train(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, float]:
+    """Train and test one model as `cfg` says; return its metrics (val/acc_best for sweepers). `overrides`: what
+    the run's name and tags say was changed, outside a Hydra app (jobs/api.py); inside one, Hydra's.
 
     SIGINT/SIGTERM end it at any point (signals.py): before the run exists nothing is recorded; after,
     the run is recorded KILLED and last.ckpt resumes it."""
     with INTERRUPTS.installed(), contextlib.ExitStack() as stack:
-        return _train(cfg, stack)
+        return _train(cfg, stack, list(overrides))
 
 
 @contextlib.contextmanager
@@ -117,8 +118,9 @@ def build_run(cfg: DictConfig, overrides: list[str] = (), phases: Phases | None 
                        loss_name, Path(cfg.paths.output_dir), list(overrides), phases=phases or Phases())
 
 
-def _train(cfg: DictConfig, stack: contextlib.ExitStack) -> dict[str, float]:
-    ctx = hydra_context()
+def _train(cfg: DictConfig, stack: contextlib.ExitStack, overrides: list[str]) -> dict[str, float]:
+    check_run_dir(cfg)
+    ctx = hydra_context() or {"overrides": overrides}
     resume = Resume.read(cfg.ckpt_path) if cfg.ckpt_path else None
     if resume is not None and resume.run_dir is not None:  # continue in the interrupted run's own dir
         OmegaConf.update(cfg, "paths.output_dir", str(resume.run_dir))
