@@ -20,7 +20,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from softmax_lab.config import instantiate_checked, validate_config
-from softmax_lab.console import hydra_override, pasteable, shell_word
+from softmax_lab.console import hydra_override, pasteable, quiet_console, shell_word
 from softmax_lab.errors import WRITE_ERRNOS, ConfigError, RunInterrupted, StorageError, StoreGone
 from softmax_lab.jobs.naming import check_run_dir, hydra_context, run_name
 from softmax_lab.jobs.phases import Phases
@@ -52,6 +52,7 @@ def train(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, float]:
 
     SIGINT/SIGTERM end it at any point (signals.py): before the run exists nothing is recorded; after,
     the run is recorded KILLED and last.ckpt resumes it."""
+    quiet_console()  # also in a launcher's worker process (Ray), which the entry point never ran in
     with INTERRUPTS.installed(), contextlib.ExitStack() as stack:
         return _train(cfg, stack, list(overrides))
 
