@@ -51,7 +51,7 @@ def overhead_per_trial(tmp: Path, trials: int = 30) -> float:
 
 def search_wall(tmp: Path, data_dir: str | None, workers: int, trials: int = 10) -> float:
     """Wall seconds of a `trials`-trial search split over `workers` processes on one study, started together, each
-    with its share of the cores for torch's threads (OMP_NUM_THREADS, as the README advises for workers on one
+    with its share of the cores for torch's threads (OMP_NUM_THREADS, as docs/sweeps.md advises for workers on one
     machine)."""
     threads = str(max(1, (os.cpu_count() or 1) // workers))
     store = f"sqlite:///{tmp / f'mlflow-{workers}.db'}"

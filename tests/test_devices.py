@@ -1,5 +1,5 @@
 """Every tensor the training and evaluation steps create lives on the module's device, none is float64 there, and
-the host reads the device only where the README says (device_modes.py explains how, with no GPU at hand)."""
+the host reads the device only where docs/speed.md says (device_modes.py explains how, with no GPU at hand)."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def epochs_of(X, y, impl: str, group: int | None, epochs: int = 2) -> Recording:
 @pytest.mark.parametrize("impl", ["scratch", "nn"])
 @pytest.mark.parametrize("group", [None, 4], ids=["default-mode", "speed-mode"])
 def test_the_host_reads_the_device_once_per_eight_steps_and_at_epoch_edges(impl, group):
-    """The README's claim, counted: with the progress bar off, the host reads the device for the divergence guard
+    """docs/speed.md's claim, counted: with the progress bar off, the host reads the device for the divergence guard
     every 8 SGD steps and at each epoch's end, and nowhere per step (not even logging train/loss_step)."""
     g = torch.Generator().manual_seed(0)
     counts = {}

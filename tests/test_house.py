@@ -1,4 +1,4 @@
-"""The house (README, 'For developers'): one folder per part, imports that run downward only, modules and classes of a
+"""The house (CONTRIBUTING.md): one folder per part, imports that run downward only, modules and classes of a
 readable size, no near-twin names, entry points that import only what they use, and no call into a private function
 of Lightning, torch, MLflow, Hydra or torchmetrics on the default path of either implementation."""
 

@@ -2,7 +2,7 @@
 
 Hydra finds sweepers only in the `hydra_plugins` package, so the class lives here; the work is in softmax_lab.search.
 It replaces hydra-optuna-sweeper, whose maintained line (1.4.0rc3) runs Optuna 4+ but cannot prune (a trial never
-learns its number), leaves an interrupted trial RUNNING and restarts job numbers: see the README, "Searches"."""
+learns its number), leaves an interrupted trial RUNNING and restarts job numbers: see docs/sweeps.md."""
 
 from __future__ import annotations
 

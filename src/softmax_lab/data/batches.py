@@ -15,7 +15,7 @@ class TensorBatches:
     batch is kept.
 
     `limit` caps the minibatches of an epoch (an int, or a fraction as Lightning computes it). With
-    `group=K` (the speed mode, README 'Speed') it yields lists of K minibatches, the last list possibly
+    `group=K` (the speed mode, docs/speed.md) it yields lists of K minibatches, the last list possibly
     shorter: the module takes one SGD step per minibatch, and Lightning's per-step machinery, which costs
     about as much as a minibatch of this model, runs once per K.
     """

@@ -17,7 +17,7 @@ class FashionMNISTDataModule(pl.LightningDataModule):
     """Fashion-MNIST as in-memory tensors: train/val split from the official 60k, the official 10k test.
 
     `batches_per_step` (data.batches_per_step) is how many minibatches one Lightning step carries: 1 by
-    default; more is the speed mode (README, 'Speed'), where the train loader yields lists of minibatches.
+    default; more is the speed mode (docs/speed.md), where the train loader yields lists of minibatches.
 
     >>> dm = FashionMNISTDataModule(batch_size=256)  # doctest: +SKIP
     >>> dm.setup("fit"); X, y = next(iter(dm.train_dataloader()))  # doctest: +SKIP

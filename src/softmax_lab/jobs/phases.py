@@ -1,5 +1,5 @@
 """Where a run's seconds go, phase by phase, written to <run dir>/phases.json at its end: `make bench` reads it to
-show the breakdown of a default run and of a sweep job (README, "Speed")."""
+show the breakdown of a default run and of a sweep job (docs/speed.md)."""
 
 from __future__ import annotations
 

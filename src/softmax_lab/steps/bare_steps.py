@@ -1,6 +1,6 @@
 """The one place that uses Lightning's private API: the speed mode's bare steps.
 
-The speed mode (data.batches_per_step > 1, README 'Speed') takes several SGD steps per Lightning step.
+The speed mode (data.batches_per_step > 1, docs/speed.md) takes several SGD steps per Lightning step.
 When no callback listens to Lightning's per-step hooks it takes them bare (torch's backward and step),
 because Lightning's wrapper around one step (hook dispatch for every callback, the precision plugin's
 closure) costs a large share of the step itself for this model. trainer.global_step must still count

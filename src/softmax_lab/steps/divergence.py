@@ -33,7 +33,7 @@ def likely_cause(optimizer: dict, loss: dict, before_any_step: bool) -> str:
     hint = f"a smaller learning rate than optimizer.lr={lr:g}" if lr else "a smaller learning rate"
     if optimizer.get("momentum"):
         hint += f" (or less momentum than optimizer.momentum={optimizer['momentum']:g})"
-    return f"Likely cause: the learning rate. Try {hint}; each loss has its own stable range (README, 'The losses')."
+    return f"Likely cause: the learning rate. Try {hint}; each loss has its own stable range (docs/science.md)."
 
 
 class DivergenceGuard:

@@ -4,7 +4,7 @@
     model.predict(pixels)   # float32 (n, 784) in [0, 1]: 28x28 images flattened, light object on dark
 
 Output: a DataFrame with `class_id`, `class_name`, `probability` (softmax of the logits, the model's own
-probability; see the README on calibration) and one `p_<class name>` column per class. The model prepares
+probability; see docs/science.md on calibration) and one `p_<class name>` column per class. The model prepares
 the pixels as its training run did (data.resize, data.normalize), so it takes raw images whatever the run.
 """
 

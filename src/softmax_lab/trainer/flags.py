@@ -113,7 +113,7 @@ def _project_flags(t: Mapping) -> None:
     if t.get("barebones"):
         raise ConfigError("trainer.barebones=true turns off self.log, checkpoints and the progress bar, which every "
                           "run here records its metrics, best epoch and resume point with. Fix: for raw speed use "
-                          "the speed mode, data.batches_per_step=8, with logger=none (README, 'Speed').")
+                          "the speed mode, data.batches_per_step=8, with logger=none (docs/speed.md).")
 
 
 def plan(trainer_cfg, impl: str, batches_per_step: int, callbacks_cfg) -> FlagPlan:
