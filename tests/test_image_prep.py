@@ -1,0 +1,77 @@
+"""fit_to_square, exactly: a user's image is trimmed to its object, its longer side scaled to 28 and centred on black,
+as Fashion-MNIST's images were made. The oracle is the arithmetic of the crop, the scale and the centring, done by
+hand for objects of known place and size (plain white boxes, so that any resampling leaves them white)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from softmax_lab.data.image_files import SIDE, fit_to_square
+
+
+def box(shape=(100, 60), rows=(20, 50), cols=(10, 25), ground=0.0) -> np.ndarray:
+    img = np.full(shape, ground, np.float32)
+    img[rows[0] : rows[1], cols[0] : cols[1]] = 1.0
+    return img
+
+
+def expected(width: int, height: int) -> np.ndarray:
+    """A white width x height box centred on a black 28x28 canvas, as PIL's paste places it."""
+    out = np.zeros((SIDE, SIDE), np.float32)
+    left, top = (SIDE - width) // 2, (SIDE - height) // 2
+    out[top : top + height, left : left + width] = 1.0
+    return out
+
+
+def test_a_tall_object_fills_the_height_and_is_centred_across():
+    # 30 rows x 15 columns: scale 28/30, so 14 columns wide, placed from column 7
+    np.testing.assert_array_equal(fit_to_square(box()), expected(14, 28))
+
+
+def test_a_wide_object_fills_the_width_and_is_centred_down():
+    # 10 rows x 40 columns: 28 wide, 7 rows high, placed from row 10
+    np.testing.assert_array_equal(fit_to_square(box(rows=(40, 50), cols=(5, 45))), expected(28, 7))
+
+
+def test_an_odd_leftover_goes_below_and_right_as_pil_pastes():
+    # 28 rows x 13 columns: no scaling, 15 columns left over: 7 to the left, 8 to the right
+    out = fit_to_square(box(shape=(60, 60), rows=(10, 38), cols=(30, 43)))
+    np.testing.assert_array_equal(out, expected(13, 28))
+    assert out[:, 7].all() and not out[:, 6].any() and out[:, 19].all() and not out[:, 20].any()
+
+
+def test_a_grey_background_is_levelled_to_black_and_said():
+    notes = []
+    out = fit_to_square(box(ground=0.3), notes)
+    np.testing.assert_array_equal(out, expected(14, 28))
+    assert notes == ["background 0.30 levelled to black"]
+
+
+@pytest.mark.parametrize("ground", [0.0, 0.04])
+def test_a_dark_background_is_left_as_it_is(ground):
+    notes = []
+    np.testing.assert_array_equal(fit_to_square(box(ground=ground), notes), expected(14, 28))
+    assert notes == []
+
+
+def test_a_stray_speck_is_not_part_of_the_object():
+    img = box()
+    img[95, 55] = 1.0  # one bright pixel far from the box: the 3x3 median removes it from the search
+    np.testing.assert_array_equal(fit_to_square(img), expected(14, 28))
+
+
+def test_a_faint_smudge_below_a_quarter_of_the_contrast_is_not_the_object():
+    img = box()
+    img[80:95, 40:55] = 0.2  # a large faint patch: under ground + 0.25 (top - ground)
+    np.testing.assert_array_equal(fit_to_square(img), expected(14, 28))
+
+
+def test_a_blank_image_stays_whole_and_black():
+    out = fit_to_square(np.zeros((40, 20), np.float32))
+    assert out.shape == (SIDE, SIDE) and not out.any()
+
+
+def test_an_object_of_one_or_two_pixels_is_noise_to_the_median():
+    out = fit_to_square(box(shape=(30, 30), rows=(10, 12), cols=(15, 16)))  # gone in the 3x3 median: no crop
+    assert out.shape == (SIDE, SIDE) and out.max() > 0 and out[14, :].sum() < 2

@@ -1,0 +1,48 @@
+"""The training split's running totals (steps/train_totals.py), against sums done by hand: the epoch's loss weighted
+by batch size, its accuracy, the progress bar's running values, the step losses handed over once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from softmax_lab.maths.losses import LOSSES
+from softmax_lab.steps.train_totals import TrainTotals
+
+
+def batches():
+    torch.manual_seed(0)
+    for n in (4, 3):
+        O, y = torch.randn(n, 10), torch.randint(0, 10, (n,))
+        yield torch.nn.functional.cross_entropy(O, y), O, y
+
+
+def test_the_epoch_metrics_and_the_running_values_are_the_weighted_sums():
+    totals = TrainTotals()
+    assert totals.running() == {} and totals.epoch_metrics() == ({"train/loss": 0.0, "train/acc": 0.0}, 0.0)
+    seen = list(batches())
+    for loss, O, y in seen:
+        totals.add(loss, O, y)
+    loss = sum(v.item() * len(y) for v, _, y in seen) / 7
+    acc = sum((O.argmax(1) == y).sum().item() for _, O, y in seen) / 7
+    metrics, n = totals.epoch_metrics()
+    assert n == 7 and metrics == pytest.approx({"train/loss": loss, "train/acc": acc}, rel=1e-6)
+    assert totals.running() == pytest.approx({"loss": loss, "acc": acc}, rel=1e-6)
+    totals.reset(torch.device("cpu"))
+    assert totals.running() == {} and totals.seen == 0
+
+
+def test_step_losses_are_handed_over_once_in_order():
+    totals = TrainTotals()
+    assert totals.take_step_losses() == []
+    totals.note_step_loss(3, torch.tensor(0.5))
+    totals.note_step_loss(4, torch.tensor(0.25, dtype=torch.bfloat16))
+    assert totals.take_step_losses() == [(3, 0.5), (4, 0.25)]
+    assert totals.take_step_losses() == []
+
+
+def test_each_loss_says_its_options_in_its_repr():
+    assert [repr(c()) for c in LOSSES.values()] == [
+        "CrossEntropy()", "SquaredError(on=logits)", "Margin(margin=1.0)", "Huber(on=logits, delta=1.0)",
+        "L1(on=logits)", "BinaryCrossEntropy()"]
+    assert repr(LOSSES["huber"](delta=2.0, on="probs", default_lr=0.5)) == "Huber(on=probs, delta=2.0)"
