@@ -10,8 +10,9 @@ from softmax_lab.steps.divergence import likely_cause
 
 def test_weight_decay_that_multiplies_the_weights_up_is_named_with_its_product_and_a_value_to_try():
     said = likely_cause({"lr": 0.5, "weight_decay": 4.0}, {}, before_any_step=False)
-    assert said == ("Likely cause: weight decay. optimizer.weight_decay=4 x optimizer.lr=0.5 = 2 >= 2, so every step "
-                    "multiplies the weights by |1 - lr x weight_decay| > 1. Try optimizer.weight_decay=0.02 or smaller.")
+    assert said == ("Likely cause: weight decay. optimizer.weight_decay=4 x optimizer.lr=0.5 = 2 >= 2, so every "
+                    "step multiplies the weights by |1 - lr x weight_decay| > 1. Try optimizer.weight_decay=0.02 or "
+                    "smaller.")
 
 
 @pytest.mark.parametrize(("lr", "wd"), [(0.5, 3.9), (0.1, 0.0), (None, 100.0)])
@@ -32,8 +33,8 @@ def test_a_loss_without_options_says_the_settings_or_the_data():
 
 def test_the_learning_rate_with_momentum():
     said = likely_cause({"lr": 2.0, "momentum": 0.9}, {}, before_any_step=False)
-    assert said == ("Likely cause: the learning rate. Try a smaller learning rate than optimizer.lr=2 (or less momentum "
-                    "than optimizer.momentum=0.9); each loss has its own stable range (docs/science.md).")
+    assert said == ("Likely cause: the learning rate. Try a smaller learning rate than optimizer.lr=2 (or less "
+                    "momentum than optimizer.momentum=0.9); each loss has its own stable range (docs/science.md).")
 
 
 def test_the_learning_rate_without_a_value():

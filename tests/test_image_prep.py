@@ -75,3 +75,63 @@ def test_a_blank_image_stays_whole_and_black():
 def test_an_object_of_one_or_two_pixels_is_noise_to_the_median():
     out = fit_to_square(box(shape=(30, 30), rows=(10, 12), cols=(15, 16)))  # gone in the 3x3 median: no crop
     assert out.shape == (SIDE, SIDE) and out.max() > 0 and out[14, :].sum() < 2
+
+
+# --- which files, and the conversions said for each ---------------------------------------------------------------
+
+def save(path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray((array * 255).astype(np.uint8)).save(path)
+
+
+def test_image_files_takes_a_folders_images_a_glob_or_a_file_sorted(tmp_path):
+    from softmax_lab.data.image_files import image_files
+
+    for name in ("b.png", "a.JPG", "c.jpeg"):
+        save(tmp_path / name, box())
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "d.png").mkdir()  # a folder named like an image is not one
+    assert [p.name for p in image_files(str(tmp_path))] == ["a.JPG", "b.png", "c.jpeg"]
+    assert [p.name for p in image_files(str(tmp_path / "*.png"))] == ["b.png"]
+    assert image_files(str(tmp_path / "b.png")) == [tmp_path / "b.png"]
+
+
+@pytest.mark.parametrize("spec", ["missing.png", "empty", "empty/*.png"])
+def test_no_image_files_is_one_line_with_the_fix(tmp_path, spec):
+    from softmax_lab.data.image_files import image_files
+    from softmax_lab.errors import ConfigError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"^images=.*: no image files there\. Fix: a file, a folder of PNG/JPEG"):
+        image_files(str(tmp_path / spec))
+
+
+def test_a_28x28_image_on_black_is_taken_as_it_is(tmp_path):
+    from softmax_lab.data.image_files import prepare_image
+
+    img = box(shape=(28, 28), rows=(4, 20), cols=(6, 12))
+    save(tmp_path / "x.png", img)
+    grey, notes = prepare_image(tmp_path / "x.png")
+    np.testing.assert_array_equal(grey, img)
+    assert notes == []
+
+
+def test_a_dark_object_on_white_is_inverted_cropped_and_said(tmp_path):
+    from softmax_lab.data.image_files import prepare_image
+
+    save(tmp_path / "x.png", 1.0 - box())  # a black box on white, 60 wide and 100 high
+    grey, notes = prepare_image(tmp_path / "x.png")
+    np.testing.assert_array_equal(grey, expected(14, 28))
+    assert notes == ["inverted (light background)", "60x100 cropped to the object, scaled to 28x28"]
+
+
+def test_a_blank_image_and_a_file_that_is_not_one_are_refused_by_name(tmp_path):
+    from softmax_lab.data.image_files import ImageError, prepare_image
+
+    save(tmp_path / "grey.png", np.full((30, 30), 0.5, np.float32))
+    with pytest.raises(ImageError, match=r"^grey.png: a blank image \(one shade, 0.50\): nothing to classify$"):
+        prepare_image(tmp_path / "grey.png")
+    (tmp_path / "x.png").write_text("not an image")
+    with pytest.raises(ImageError, match=r"^x.png: not a readable image \("):
+        prepare_image(tmp_path / "x.png")
