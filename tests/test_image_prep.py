@@ -135,3 +135,67 @@ def test_a_blank_image_and_a_file_that_is_not_one_are_refused_by_name(tmp_path):
     (tmp_path / "x.png").write_text("not an image")
     with pytest.raises(ImageError, match=r"^x.png: not a readable image \("):
         prepare_image(tmp_path / "x.png")
+
+
+# --- grey in [0, 1] from every kind of image file -----------------------------------------------------------------
+
+def grey_of(img):
+    from softmax_lab.data.image_files import _grey
+
+    notes = []
+    return _grey(img, notes), notes
+
+
+def test_16_bit_pixels_are_scaled_not_clipped():
+    from PIL import Image
+
+    raw = np.zeros((4, 4), np.uint16)
+    raw[1, 1], raw[2, 2] = 65535, 32768
+    grey, notes = grey_of(Image.fromarray(raw))
+    assert notes == ["I;16 pixels scaled from 0..65535"]
+    np.testing.assert_allclose(grey, raw / 65535.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("peak", "top"), [(200, 255), (1000, 65535)])
+def test_32_bit_integer_pixels_are_scaled_from_their_range(peak, top):
+    from PIL import Image
+
+    raw = np.zeros((4, 4), np.int32)
+    raw[0, 0] = peak
+    grey, notes = grey_of(Image.fromarray(raw, mode="I"))
+    assert notes == [f"I pixels scaled from 0..{top}"] and grey[0, 0] == pytest.approx(peak / top)
+
+
+@pytest.mark.parametrize(("peak", "top"), [(0.5, "1"), (4.0, "4")])
+def test_float_pixels_are_scaled_from_one_or_their_peak(peak, top):
+    from PIL import Image
+
+    raw = np.zeros((4, 4), np.float32)
+    raw[3, 3] = peak
+    grey, notes = grey_of(Image.fromarray(raw, mode="F"))
+    assert notes == [f"F pixels scaled from 0..{top}"] and grey[3, 3] == pytest.approx(peak / float(top))
+    assert grey.dtype == np.float32 and grey.min() == 0.0
+
+
+@pytest.mark.parametrize(("shade", "ground"), [(255, "black"), (0, "white")])
+def test_a_transparent_background_is_made_the_colour_that_sets_the_object_off(shade, ground):
+    from PIL import Image
+
+    rgba = np.zeros((6, 6, 4), np.uint8)  # transparent everywhere
+    rgba[2:4, 2:4] = (shade, shade, shade, 255)  # an opaque object
+    grey, notes = grey_of(Image.fromarray(rgba, mode="RGBA"))
+    light = shade == 255
+    assert notes == [f"transparent background made {ground} ({'light' if light else 'dark'} object)"]
+    assert grey[0, 0] == (0.0 if light else 1.0) and grey[2, 2] == shade / 255
+
+
+def test_an_opaque_colour_image_is_its_luminance_with_nothing_said():
+    from PIL import Image
+
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[1, 1] = (255, 0, 0)
+    grey, notes = grey_of(Image.fromarray(rgb, mode="RGB"))
+    assert notes == [] and grey[1, 1] == pytest.approx(76 / 255) and grey[0, 0] == 0.0
+    opaque = np.full((4, 4, 4), 255, np.uint8)
+    grey, notes = grey_of(Image.fromarray(opaque, mode="RGBA"))
+    assert notes == [] and grey.min() == 1.0
