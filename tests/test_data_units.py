@@ -18,7 +18,7 @@ def test_a_class_subset_keeps_its_images_relabelled_in_the_order_given():
     X = torch.arange(6.0).reshape(6, 1)
     y = torch.tensor([0, 6, 3, 6, 9, 0])
     Xk, yk = keep_classes(X, y, [6, 0])
-    assert Xk.flatten().tolist() == [0.0, 1.0, 3.0, 5.0] and yk.tolist() == [1, 0, 0, 1]
+    assert Xk.flatten().tolist() == [0.0, 1.0, 3.0, 5.0] and yk.tolist() == [1, 0, 0, 1] and yk.dtype == torch.long
     Xk, yk = keep_classes(X, y, [9])
     assert Xk.flatten().tolist() == [4.0] and yk.tolist() == [0]
 

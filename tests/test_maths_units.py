@@ -1,0 +1,57 @@
+"""Small units of the maths part against independent oracles: the chunked full-batch loss against one pass, norm
+clipping against torch.nn.utils.clip_grad_norm_, the power iteration against a Hessian whose eigenvalues are known."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from softmax_lab.maths.losses import CrossEntropy
+from softmax_lab.maths.sgd import clip_
+from softmax_lab.maths.sharpness import full_batch_loss, top_eigenpair, top_eigenvalue
+
+
+def test_the_chunked_full_batch_loss_is_the_mean_of_one_pass():
+    torch.manual_seed(0)
+    X, y = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
+    params = {"W": torch.randn(5, 3, dtype=torch.float64), "b": torch.randn(3, dtype=torch.float64)}
+    whole = torch.nn.functional.cross_entropy(X @ params["W"] + params["b"], y)
+    assert full_batch_loss(CrossEntropy(), X, y, chunk=3)(params).item() == pytest.approx(whole.item(), rel=1e-12)
+    assert full_batch_loss(CrossEntropy(), X, y)(params).item() == pytest.approx(whole.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("clip_val", [0.5, 100.0])
+def test_norm_clipping_is_torchs(clip_val):
+    torch.manual_seed(1)
+    grads = [torch.randn(4, 3), torch.randn(3)]
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+    torch.nn.utils.clip_grad_norm_(params, clip_val)
+    clip_(grads, clip_val, "norm")
+    for p, g in zip(params, grads, strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-6, atol=0)
+
+
+def quadratic(scales: list[float]):
+    """0.5 sum_i a_i w_i^2: its Hessian is diag(a), whose top eigenvalue is max(a)."""
+    a = torch.tensor(scales, dtype=torch.float64)
+    return lambda params: 0.5 * (a * params["w"] ** 2).sum(), {"w": torch.ones(len(scales), dtype=torch.float64)}
+
+
+def test_the_power_iteration_finds_the_top_eigenvalue_to_its_tolerance():
+    loss_of, params = quadratic([3.0, 1.0, 0.5])
+    assert top_eigenvalue(loss_of, params) == pytest.approx(3.0, rel=1e-4)
+    value, v = top_eigenpair(loss_of, params, tol=1e-10)
+    assert value == pytest.approx(3.0, rel=1e-9) and abs(v["w"][0].item()) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_a_zero_hessian_answers_zero_and_a_finite_direction():
+    value, v = top_eigenpair(lambda params: params["w"].sum(), {"w": torch.ones(3, dtype=torch.float64)})
+    assert value == 0.0 and torch.isfinite(v["w"]).all() and torch.linalg.vector_norm(v["w"]).item() == \
+        pytest.approx(1.0)
+
+
+def test_few_iterations_stop_short_of_the_answer():
+    loss_of, params = quadratic([3.0, 2.9])
+    assert top_eigenvalue(loss_of, params, iters=2) < 2.999
