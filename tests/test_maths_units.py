@@ -55,3 +55,22 @@ def test_a_zero_hessian_answers_zero_and_a_finite_direction():
 def test_few_iterations_stop_short_of_the_answer():
     loss_of, params = quadratic([3.0, 2.9])
     assert top_eigenvalue(loss_of, params, iters=2) < 2.999
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_every_loss_and_gradient_stays_in_the_logits_dtype(dtype):
+    from softmax_lab.maths.losses import LOSSES
+
+    torch.manual_seed(2)
+    O, y = torch.randn(4, 10).to(dtype), torch.randint(0, 10, (4,))
+    for name, cls in LOSSES.items():
+        loss = cls()
+        assert loss.value(O, y).dtype == dtype and loss.grad(O, y).dtype == dtype, name
+
+
+def test_the_losses_defaults_when_built_bare():
+    from softmax_lab.maths.losses import LOSSES
+
+    assert {name: cls().default_lr for name, cls in LOSSES.items()} == {
+        "ce": 0.1, "mse": 0.01, "margin": 0.1, "huber": 0.01, "l1": 0.01, "bce": 0.1}  # the configs set their own
+    assert LOSSES["margin"]().margin == 1.0
