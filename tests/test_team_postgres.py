@@ -85,6 +85,7 @@ def test_a_run_and_its_resume_on_a_postgresql_store_write_no_password(postgres, 
     assert run.info.status == "FINISHED" and "trainer.max_epochs=2" in run.data.tags["resumed_with"]
     assert [m.value for m in client.get_metric_history(run.info.run_id, "epoch")] == [1, 2]  # the same run, continued
     assert "postgresql://lab:***@127.0.0.1" in first  # said, without the password
+    assert f"browse: make ui STORE='postgresql://lab:***@127.0.0.1:{postgres.port}/runs' (with your password" in first
     assert PASSWORD not in first + resumed
     assert files_with(PASSWORD, run_dir, tmp_path / "artifacts") == []
     assert mlflow_fields_with(uri, PASSWORD) == []

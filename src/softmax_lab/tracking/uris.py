@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from softmax_lab.config import PROJECT_ROOT, launch_relative
+from softmax_lab.console import redact_text
 
 UI_VIEW = "workflowType=machine_learning"  # MLflow 3's UI opens its GenAI view without it
 # The runs table's columns, filter and charts cannot all be set by a URL; MLflow's "shared view" can: an experiment
@@ -113,4 +114,6 @@ def browse_hint(uri: str, experiment_id: str, run_id: str, sweep: bool = False) 
         return f"browse: make ui, then open\n{links}"
     if uri.startswith("sqlite:"):
         return f"browse: make ui STORE={uri}, then open\n{links}"
-    return f"browse:\n{links}"
+    if not uri.startswith(("http://", "https://", "databricks")):  # a database: `make ui` serves it too
+        return f"browse: make ui STORE='{redact_text(uri)}' (with your password for ***), then open\n{links}"
+    return f"browse: the tracking server is its UI\n{links}"
