@@ -38,7 +38,7 @@ test-all: install
 # (tests/mutation_scores.py; equivalent mutants in tests/equivalent_mutants.md). About an hour on 2 cores.
 mutation: install
 	rm -rf mutants
-	$(VENV)/bin/mutmut run --max-children $$(nproc) > /dev/null || true
+	$(VENV)/bin/mutmut run --max-children $$(nproc) || true  # its progress: mutants done, killed, survived
 	$(PY) tests/mutation_scores.py
 
 # The MLflow UI for the project's store (or STORE=...), on loopback only: prints the links that open the
@@ -66,7 +66,7 @@ gpu-check: install
 # 5 to 10 minutes on 2 cores).
 figures: install
 	$(PY) -m softmax_lab.pictures.loss_zoo
-	$(PY) -m softmax_lab.pictures.sharpness_curves $(ARGS)
+	$(PY) -m softmax_lab.jobs.sharpness_study $(ARGS)
 
 lint: install
 	$(PY) -m ruff check src tests benchmarks

@@ -195,7 +195,7 @@ def test_every_impl_has_a_config_and_a_row_in_the_docs():
 
 
 def test_make_figures_sharpness_table_and_picture(tmp_path):
-    from softmax_lab.pictures.sharpness_curves import edge_table, sharpness_picture
+    from softmax_lab.jobs.sharpness_study import edge_table, sharpness_picture
 
     X, y = batch(n=512)
     table = edge_table(X, y, epochs=1)
