@@ -199,3 +199,138 @@ def test_an_opaque_colour_image_is_its_luminance_with_nothing_said():
     opaque = np.full((4, 4, 4), 255, np.uint8)
     grey, notes = grey_of(Image.fromarray(opaque, mode="RGBA"))
     assert notes == [] and grey.min() == 1.0
+
+
+# --- the edges of each rule ---------------------------------------------------------------------------------------
+
+def test_the_output_is_float32():
+    assert fit_to_square(box()).dtype == np.float32
+
+
+def test_a_grey_background_inside_the_object_is_levelled_too():
+    img = box(ground=0.3)
+    img[30:40, 15:20] = 0.3  # a hole the colour of the background: black after levelling
+    img[42:44, 12:14] = 0.0  # darker than the background: clipped to black, not negative
+    out = fit_to_square(img)
+    assert out.min() == 0.0 and out.max() == 1.0
+    # the hole (rows 30..39, columns 15..19 of the 30 x 15 box, scaled by 28/30) is black in the box's middle
+    assert out[13, 13] == 0.0 and out[21, 9] == 0.0 and out[5, 10] == 1.0
+
+
+def test_the_object_is_whatever_stands_a_quarter_of_the_contrast_above_the_ground():
+    img = np.zeros((100, 60), np.float32)
+    img[20:50, 10:25] = 0.6  # a dim object: the threshold is 0.15
+    img[60:90, 40:55] = 0.2  # above it: part of the object's box
+    out = fit_to_square(img)
+    assert out[:, 20:].any() and fit_to_square(box()).shape == out.shape
+    assert not np.array_equal(out, fit_to_square(box(rows=(20, 50), cols=(10, 25))))
+    img[60:90, 40:55] = 0.26  # 0.26 on a bright object's black ground: above 0.25 of its contrast
+    bright = img.copy()
+    bright[20:50, 10:25] = 1.0
+    assert not np.array_equal(fit_to_square(bright), expected(14, 28))
+
+
+def test_a_two_pixel_wide_line_keeps_one_column_when_scaled_down():
+    out = fit_to_square(box(shape=(80, 40), rows=(10, 66), cols=(20, 22)))  # 56 x 2: scale 0.5, 1 column wide
+    assert out.shape == (SIDE, SIDE) and (out.sum(axis=0) > 0).sum() == 1
+
+
+def test_a_textured_object_is_resampled_with_lanczos():
+    from PIL import Image
+
+    img = np.zeros((60, 60), np.float32)
+    img[10:50, 10:50] = np.linspace(0.4, 1.0, 40, dtype=np.float32)[None, :]  # a ramp: filters differ on it
+    crop = Image.fromarray((img[10:50, 10:50] * 255).astype(np.uint8)).resize((SIDE, SIDE), Image.LANCZOS)
+    np.testing.assert_array_equal(fit_to_square(img), np.asarray(crop, dtype=np.float32) / 255)
+
+
+def test_16_bit_pixels_are_scaled_from_65535_even_when_dim():
+    from PIL import Image
+
+    raw = np.zeros((4, 4), np.uint16)
+    raw[0, 0] = 200
+    grey, notes = grey_of(Image.fromarray(raw))
+    assert notes == ["I;16 pixels scaled from 0..65535"] and grey[0, 0] == pytest.approx(200 / 65535)
+
+
+@pytest.mark.parametrize(("peak", "top"), [(255, 255), (256, 65535)])
+def test_32_bit_pixels_above_255_are_16_bit(peak, top):
+    from PIL import Image
+
+    raw = np.zeros((4, 4), np.int32)
+    raw[0, 0] = peak
+    assert grey_of(Image.fromarray(raw, mode="I"))[1] == [f"I pixels scaled from 0..{top}"]
+
+
+def test_float_pixels_over_one_are_scaled_from_their_peak_and_negatives_clipped():
+    from PIL import Image
+
+    raw = np.zeros((4, 4), np.float32)
+    raw[0, 0], raw[1, 1] = 1.5, -0.5
+    grey, notes = grey_of(Image.fromarray(raw, mode="F"))
+    assert notes == ["F pixels scaled from 0..1.5"] and grey[0, 0] == 1.0 and grey[1, 1] == 0.0
+
+
+def test_a_grey_image_with_alpha_is_composited():
+    from PIL import Image
+
+    la = np.zeros((6, 6, 2), np.uint8)
+    la[2:4, 2:4] = (255, 255)
+    img = Image.fromarray(la, mode="LA")
+    grey, notes = grey_of(img)
+    assert notes == ["transparent background made black (light object)"] and grey[2, 2] == 1.0 and grey[0, 0] == 0.0
+    assert grey.dtype == np.float32
+
+
+def test_a_palette_image_with_a_transparent_index_is_composited():
+    from PIL import Image
+
+    img = Image.new("P", (6, 6), 0)
+    img.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+    img.paste(1, (2, 2, 4, 4))
+    img.info["transparency"] = 0
+    grey, notes = grey_of(img)
+    assert notes == ["transparent background made black (light object)"] and grey[2, 2] == 1.0
+
+
+def test_a_mid_grey_object_just_over_half_is_light():
+    from PIL import Image
+
+    rgba = np.zeros((6, 6, 4), np.uint8)
+    rgba[2:4, 2:4] = (128, 128, 128, 255)  # 128/255 > 0.5: light, so the ground is black
+    assert grey_of(Image.fromarray(rgba, mode="RGBA"))[1] == ["transparent background made black (light object)"]
+
+
+def test_a_one_pixel_image_is_blank_not_empty(tmp_path):
+    from softmax_lab.data.image_files import ImageError, prepare_image
+
+    save(tmp_path / "dot.png", np.ones((1, 1), np.float32))
+    with pytest.raises(ImageError, match=r"^dot.png: a blank image \(one shade, 1.00\)"):
+        prepare_image(tmp_path / "dot.png")
+
+
+def test_a_levelled_background_is_said_for_the_file(tmp_path):
+    from softmax_lab.data.image_files import prepare_image
+
+    save(tmp_path / "x.png", box(ground=0.3))
+    grey, notes = prepare_image(tmp_path / "x.png")
+    assert notes == ["background 0.30 levelled to black", "60x100 cropped to the object, scaled to 28x28"]
+
+
+def test_an_unreadable_file_says_what_pil_said(tmp_path):
+    from softmax_lab.data.image_files import ImageError, prepare_image
+
+    (tmp_path / "x.png").write_text("not an image")
+    with pytest.raises(ImageError) as e:
+        prepare_image(tmp_path / "x.png")
+    assert str(e.value).startswith("x.png: not a readable image (cannot identify image file")
+
+
+def test_no_image_files_gives_the_whole_fix(tmp_path):
+    from softmax_lab.data.image_files import image_files
+    from softmax_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        image_files(str(tmp_path / "none.png"))
+    assert str(e.value) == (f"images={tmp_path / 'none.png'}: no image files there. Fix: a file, a folder of PNG/JPEG "
+                            "files, a glob in quotes ('photos/*.png'), or test:18 for official test images.")
