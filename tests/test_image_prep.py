@@ -214,7 +214,7 @@ def test_a_grey_background_inside_the_object_is_levelled_too():
     out = fit_to_square(img)
     assert out.min() == 0.0 and out.max() == 1.0
     # the hole (rows 30..39, columns 15..19 of the 30 x 15 box, scaled by 28/30) is black in the box's middle
-    assert out[13, 13] == 0.0 and out[21, 9] < 0.1 and out[5, 10] == 1.0  # (resampling rings a little)
+    assert out[13, 13] < 0.1 and out[21, 9] < 0.1 and out[5, 10] == 1.0  # (resampling rings a little)
 
 
 def test_the_object_is_whatever_stands_a_quarter_of_the_contrast_above_the_ground():
