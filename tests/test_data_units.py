@@ -48,6 +48,15 @@ def test_a_download_that_leaves_no_files_says_so(monkeypatch, tmp_path):
     assert asked == [(str(tmp_path), True, True), (str(tmp_path), False, True)]
 
 
+def test_a_download_says_where_it_goes(monkeypatch, tmp_path, caplog):
+    from conftest import write_dataset
+
+    fake_torchvision(monkeypatch, lambda root, train, download: write_dataset(tmp_path / "FashionMNIST" / "raw"))
+    with caplog.at_level("INFO", logger="softmax_lab.data.locate"):
+        locate._download(tmp_path)
+    assert [r.getMessage() for r in caplog.records] == [f"Downloading Fashion-MNIST into {tmp_path}"]
+
+
 def test_a_download_that_leaves_the_files_returns_them(monkeypatch, tmp_path):
     from conftest import write_dataset
 

@@ -74,3 +74,33 @@ def test_the_losses_defaults_when_built_bare():
     assert {name: cls().default_lr for name, cls in LOSSES.items()} == {
         "ce": 0.1, "mse": 0.01, "margin": 0.1, "huber": 0.01, "l1": 0.01, "bce": 0.1}  # the configs set their own
     assert LOSSES["margin"]().margin == 1.0
+
+
+def test_top_eigenpairs_default_tolerance_is_tight():
+    loss_of, params = quadratic([3.0, 1.0, 0.5])
+    assert top_eigenpair(loss_of, params)[0] == pytest.approx(3.0, rel=1e-4)
+
+
+def test_sgd_update_without_momentum_hands_the_velocity_back_untouched():
+    from softmax_lab.maths.functional import sgd_update
+
+    params, grads = {"W": torch.ones(2)}, {"W": torch.full((2,), 0.5)}
+    new, velocity = sgd_update(params, grads, None, 0.1)
+    assert velocity is None and torch.equal(new["W"], torch.full((2,), 0.95))
+
+
+def test_sgd_update_with_momentum_is_torchs_heavy_ball_unless_nesterov_is_asked():
+    from softmax_lab.maths.functional import sgd_update
+
+    torch.manual_seed(3)
+    p0, grads = torch.randn(4, dtype=torch.float64), [torch.randn(4, dtype=torch.float64) for _ in range(3)]
+    for nesterov in (False, True):
+        ref = torch.nn.Parameter(p0.clone())
+        opt = torch.optim.SGD([ref], lr=0.1, momentum=0.9, nesterov=nesterov)
+        params, velocity = {"W": p0.clone()}, {"W": torch.zeros(4, dtype=torch.float64)}
+        for g in grads:
+            ref.grad = g.clone()
+            opt.step()
+            params, velocity = sgd_update(params, {"W": g}, velocity, 0.1, 0.9, **({"nesterov": True} if nesterov
+                                                                                   else {}))
+        torch.testing.assert_close(params["W"], ref.detach(), rtol=1e-12, atol=1e-12)

@@ -38,6 +38,13 @@ def test_the_loss_and_grads_are_averaged_in_one_reduce_and_written_back():
     assert torch.equal(W, torch.tensor([[2.0, 2.0], [2.0, 2.0]])) and torch.equal(b, torch.tensor([5.0, 30.0]))
 
 
+def test_the_loss_travels_in_the_grads_dtype_and_comes_back_in_it():
+    W = torch.tensor([1.0, 3.0])  # float32 gradients, a float64 loss
+    mean = average_loss_and_grads(OtherRank(torch.tensor([3.0, 1.0, 1.0])), torch.tensor(1.0, dtype=torch.float64),
+                                  [W])
+    assert mean.dtype == torch.float32 and mean.item() == 2.0 and torch.equal(W, torch.tensor([1.0, 2.0]))
+
+
 def test_a_loss_alone_is_averaged_when_ddp_averages_the_grads():
     strategy = OtherRank(torch.tensor([3.0]))
     assert average_loss_and_grads(strategy, torch.tensor(1.0, dtype=torch.float64), []).item() == 2.0

@@ -32,6 +32,14 @@ def test_the_epoch_metrics_and_the_running_values_are_the_weighted_sums():
     assert totals.running() == {} and totals.seen == 0
 
 
+def test_the_running_accuracy_is_the_share_right():
+    totals = TrainTotals()
+    O = torch.eye(10)[:4]  # predicts classes 0, 1, 2, 3
+    totals.add(torch.tensor(2.0), O, torch.tensor([0, 1, 5, 5]))
+    assert totals.running() == {"loss": 2.0, "acc": 0.5} and totals.epoch_metrics() == (
+        {"train/loss": 2.0, "train/acc": 0.5}, 4)
+
+
 def test_step_losses_are_handed_over_once_in_order():
     totals = TrainTotals()
     assert totals.take_step_losses() == []
