@@ -115,3 +115,28 @@ def test_barebones_is_refused_and_false_is_fine():
     assert refusal({"barebones": True}, "nn").startswith("trainer.barebones=true turns off self.log, checkpoints and "
                                                           "the progress bar")
     assert not plan({"barebones": False}, "nn", 1, {}).by_hand
+
+
+@pytest.mark.parametrize("limit", [0, 0.0])
+def test_a_speed_mode_batch_limit_of_zero_is_lightnings_no_training(limit):
+    assert plan({"limit_train_batches": limit}, "nn", 8, {}).data == {"train_limit": limit}
+
+
+def test_step_hooks_in_use_are_the_overridden_ones():
+    from types import SimpleNamespace
+
+    import pytorch_lightning as pl
+
+    from softmax_lab.steps.bare_steps import step_hooks_in_use
+
+    class Quiet(pl.Callback):
+        def on_train_epoch_end(self, trainer, module):
+            pass
+
+    class Hooked(pl.Callback):
+        def on_after_backward(self, trainer, module):
+            pass
+
+    assert not step_hooks_in_use(SimpleNamespace(callbacks=[]))
+    assert not step_hooks_in_use(SimpleNamespace(callbacks=[Quiet(), pl.Callback()]))
+    assert step_hooks_in_use(SimpleNamespace(callbacks=[Quiet(), Hooked()]))

@@ -104,3 +104,26 @@ def test_sgd_update_with_momentum_is_torchs_heavy_ball_unless_nesterov_is_asked(
             params, velocity = sgd_update(params, {"W": g}, velocity, 0.1, 0.9, **({"nesterov": True} if nesterov
                                                                                    else {}))
         torch.testing.assert_close(params["W"], ref.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_cross_entropy_is_stable_row_by_row():
+    from softmax_lab.maths.losses import CrossEntropy
+
+    O = torch.tensor([[1000.0, 0.0], [0.0, 1.0]])  # one row far above the other: each row shifts by its own max
+    y = torch.tensor([0, 1])
+    value, grad = CrossEntropy().value_and_grad(O, y)
+    torch.testing.assert_close(value, torch.nn.functional.cross_entropy(O, y))
+    O.requires_grad_(True)
+    torch.nn.functional.cross_entropy(O, y).backward()
+    torch.testing.assert_close(grad, O.grad)
+
+
+def test_scratch_sgds_defaults_are_plain_sgd_and_only_momentum_is_checkpointed():
+    from softmax_lab.maths.sgd import ScratchSGD
+
+    p, g = torch.ones(3), torch.full((3,), 0.5)
+    sgd = ScratchSGD([p], lr=0.1)
+    sgd.step([p], [g])
+    sgd.step([p], [g])
+    torch.testing.assert_close(p, torch.full((3,), 0.9))
+    assert list(sgd.state_dict()) == [] and list(ScratchSGD([p], lr=0.1, momentum=0.9).state_dict()) == ["velocity0"]
