@@ -53,4 +53,5 @@ def test_each_loss_says_its_options_in_its_repr():
     assert [repr(c()) for c in LOSSES.values()] == [
         "CrossEntropy()", "SquaredError(on=logits)", "Margin(margin=1.0)", "Huber(on=logits, delta=1.0)",
         "L1(on=logits)", "BinaryCrossEntropy()"]
-    assert repr(LOSSES["huber"](delta=2.0, on="probs", default_lr=0.5)) == "Huber(on=probs, delta=2.0)"
+    huber = LOSSES["huber"](delta=2.0, on="probs", default_lr=0.5)
+    assert repr(huber) == "Huber(on=probs, delta=2.0)" and huber.default_lr == 0.5
