@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -68,12 +67,11 @@ def test_the_loaded_model_answers_an_empty_batch_with_an_empty_table(model_uri):
 
 def test_the_served_model_answers_400_for_bad_pixels_and_rows_for_good_ones(model_uri, tmp_path):
     store, uri = model_uri
-    port, venv_bin = free_port(), Path(sys.executable).parent  # MLflow starts `uvicorn` from the PATH
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
-                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], cwd=ROOT,
-                              env=unmeasured_env({"MLFLOW_TRACKING_URI": store,
-                                                  "PATH": f"{venv_bin}:{os.environ['PATH']}"}),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    port = free_port()
+    # as the README says: make serve MODEL=... (it puts the venv's bin/, where MLflow finds uvicorn, on the PATH)
+    server = subprocess.Popen(["make", "--no-print-directory", "serve", f"MODEL={uri}", f"SERVE_PORT={port}"], cwd=ROOT,
+                              env=unmeasured_env({"MLFLOW_TRACKING_URI": store}), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
 
     def invoke(rows) -> tuple[int, dict]:
         req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps({"inputs": rows}).encode(),
@@ -105,5 +103,10 @@ def test_the_served_model_answers_400_for_bad_pixels_and_rows_for_good_ones(mode
         status, body = invoke([])
         assert status == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE" and "schema" in body["message"]
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)  # make and the server it started
         server.wait(timeout=30)
+
+
+def test_make_serve_without_a_model_says_how_in_one_line():
+    r = subprocess.run(["make", "--no-print-directory", "serve"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "make serve needs MODEL=models:/<model id>" in r.stdout
