@@ -51,11 +51,17 @@ def main() -> int:
     for part, (_, target) in PARTS.items():
         mine = {k: v for k, v in codes.items() if part_of(k) == part and k not in equivalent}
         killed = sum(v in KILLED for v in mine.values())
+        unchecked = sum(v is None for v in mine.values())  # a run stopped before its end: they count as not killed
         score = killed / len(mine) if mine else 0.0
-        survivors += sorted(k for k, v in mine.items() if v not in KILLED)
+        survivors += sorted(k for k, v in mine.items() if v is not None and v not in KILLED)
         listed = sum(part_of(k) == part for k in equivalent)
-        print(f"{part}: {100 * score:.1f}% of mutants killed ({killed} of {len(mine)}; {listed} listed as equivalent; "
-              f"target {100 * target:.0f}%)")
+        note = f"{listed} equivalent left out"
+        if unchecked:
+            note += (f"; {unchecked} not checked, the run did not finish: "
+                     f"{100 * killed / max(len(mine) - unchecked, 1):.1f}% of those checked")
+        # the part's score is the line's last percentage
+        print(f"{part} (target {100 * target:.0f}%): {killed} of {len(mine)} mutants killed ({note}): "
+              f"{100 * score:.1f}%")
         if score < target:
             below.append(part)
     if survivors:
