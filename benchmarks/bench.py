@@ -53,18 +53,21 @@ def median_after_warmup(times: list[float]) -> float:
 
 
 def plain_autograd(X, y, epochs):
+    """The yardstick, on the device X is on (gpu_check.py uses it on a GPU: synchronised at each epoch's end)."""
     torch.manual_seed(0)
-    net, times = nn.Linear(784, 10), []
+    net, times = nn.Linear(784, 10).to(X.device), []
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     for _ in range(epochs):
         t = time.perf_counter()
-        perm = torch.randperm(len(X))
+        perm = torch.randperm(len(X), device=X.device)
         for i in range(0, len(X), BATCH):
             j = perm[i : i + BATCH]
             loss = F.cross_entropy(net(X[j]), y[j])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if X.is_cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     return times
 

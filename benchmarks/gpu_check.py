@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,13 +26,10 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
+from bench import median_after_warmup, plain_autograd  # noqa: E402 (benchmarks/bench.py: the same yardstick)
 
 IMPLS = ("scratch", "nn", "func")
 PRECISIONS = ("32-true", "bf16-mixed")
-
-
-def median_after_warmup(times: list[float]) -> float:
-    return statistics.median(times[1:] if len(times) > 1 else times)
 
 
 def train_cli(args: list[str], store: str, run_dir: Path, timeout: float) -> dict:
@@ -58,30 +54,6 @@ def train_cli(args: list[str], store: str, run_dir: Path, timeout: float) -> dic
             "impl": params.get("impl"), "precision": params.get("trainer.precision", params.get("precision")),
             "test_acc": run.data.metrics.get("test/acc"), "val_acc_best": run.data.metrics.get("val/acc_best"),
             "median_epoch_s": round(median_after_warmup(epochs), 4) if epochs else None, "epochs": len(epochs)}
-
-
-def plain_loop(X: torch.Tensor, y: torch.Tensor, epochs: int, batch: int = 256) -> list[float]:
-    """The yardstick: a plain torch loop on data already on the device, synchronised at each epoch's end."""
-    import torch.nn.functional as F
-    from torch import nn
-
-    torch.manual_seed(0)
-    net = nn.Linear(X.shape[1], 10).to(X.device)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    times = []
-    for _ in range(epochs):
-        t = time.perf_counter()
-        perm = torch.randperm(len(X), device=X.device)
-        for i in range(0, len(X), batch):
-            j = perm[i : i + batch]
-            loss = F.cross_entropy(net(X[j]), y[j])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if X.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return times
 
 
 def device_report(accelerator: str) -> dict:
@@ -131,7 +103,7 @@ def main() -> int:
     dm.load()
     X, y = dm.splits["train"]
     device = torch.device("cuda" if a.accelerator == "gpu" else "cpu")
-    plain = plain_loop(X.to(device), y.to(device), max(a.epochs, 2))
+    plain = plain_autograd(X.to(device), y.to(device), max(a.epochs, 2))
     report["plain_loop_epoch_s"] = round(median_after_warmup(plain), 4)
     for run in report["runs"].values():
         if run.get("median_epoch_s"):
