@@ -3,6 +3,7 @@ stopped by a signal on every launcher we ship (the CLI tests at the end)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -157,8 +158,11 @@ def test_a_stopped_sweep_ends_killed_as_a_unit_with_its_summary(tiny_data, tmp_p
     assert jobs and not [r for r in jobs if r.info.status == "RUNNING"]
     assert {r.data.tags["state"] for r in jobs} <= {"killed", "finished"} and "killed" in {r.data.tags["state"]
                                                                                             for r in jobs}
-    summary = (tmp_path / "sweep" / "sweep_summary.md").read_text()
-    assert summary.count("| KILLED |") == sum(r.info.status == "KILLED" for r in jobs)
+    # every MLflow job is in the summary with its status; a job stopped before its run existed is a row without one
+    with open(tmp_path / "sweep" / "sweep_summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["run_id"]: r["status"] for r in rows if r["run_id"]} == {r.info.run_id: r.info.status for r in jobs}
+    assert {r["status"] for r in rows if not r["run_id"]} <= {"KILLED", "LOST"}
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
     assert {"summary/sweep_summary.md", "summary/sweep_summary.csv", "summary/sweep_summary.png"} <= logged
     # every job it launched is in the summary, one killed before its run existed too (LOST: it reported nothing)
@@ -195,3 +199,38 @@ def test_search_values_a_user_gets_wrong_are_one_line_before_any_run(tiny_data, 
     assert not (tmp_path / "mlflow.db").exists()
     r = run_cli(["hparams_search=optuna", f"data.data_dir={tiny_data}", *QUIET])
     assert r.returncode == 1 and r.stderr.startswith("error: hparams_search=optuna searches over many runs")
+
+
+def test_a_stopped_sweep_waits_for_each_job_to_record_itself_whole(tmp_path, monkeypatch):
+    """A job writes its status, then its state tag: the sweep waits for the state before it ends (it used to end as
+    soon as the status left RUNNING, leaving a job KILLED with state `running`). One never done is ended here."""
+    import threading
+
+    from mlflow import MlflowClient
+
+    from softmax_lab.tracking import sweep_jobs
+
+    monkeypatch.setattr(sweep_jobs, "GRACE_S", 1.0)
+    monkeypatch.setattr(sweep_jobs, "descendants", lambda: [])  # no job processes here to pass the signal to
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("e")
+    parent = client.create_run(experiment).info.run_id
+
+    def job(status, state="running"):
+        run_id = client.create_run(experiment, tags={"mlflow.parentRunId": parent, "state": state}).info.run_id
+        if status != "RUNNING":
+            client.set_terminated(run_id, status)
+        return run_id
+
+    recording, half_written, dead, done = job("FINISHED"), job("KILLED"), job("RUNNING"), job("FINISHED", "finished")
+    later = threading.Timer(0.5, client.set_tag, (recording, "state", "pruned"))  # the job's second write
+    later.start()
+    sweep_jobs.end_stopped_jobs(client, experiment, parent, signal.SIGINT, "the sweep was stopped by SIGINT")
+    later.join()
+    ended = {r: client.get_run(r) for r in (recording, half_written, dead, done)}
+    assert ended[recording].data.tags["state"] == "pruned"  # its own word, waited for
+    assert (ended[half_written].info.status, ended[half_written].data.tags["state"]) == ("KILLED", "killed")
+    assert (ended[dead].info.status, ended[dead].data.tags["state"]) == ("KILLED", "killed")
+    assert ended[dead].data.tags["failure_reason"] == "the sweep was stopped by SIGINT and the job did not end by itself"
+    assert "failure_reason" not in ended[half_written].data.tags | ended[recording].data.tags
+    assert (ended[done].info.status, ended[done].data.tags["state"]) == ("FINISHED", "finished")

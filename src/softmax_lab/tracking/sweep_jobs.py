@@ -41,14 +41,15 @@ def read_outcome(job_dir: Path) -> dict:
 
 def end_stopped_jobs(client, experiment_id: str, parent_run_id: str, signum: int, reason: str) -> None:
     """A stopped sweep's jobs in other processes (joblib, submitit) record themselves KILLED when the signal reached
-    them too (Ctrl-C reaches the whole process group); one still RUNNING after GRACE_S gets the signal passed on
-    (a `kill` of the sweep's process alone), and one still RUNNING after that is ended KILLED here."""
-    def running():
+    them too (Ctrl-C reaches the whole process group); one not done after GRACE_S gets the signal passed on (a `kill`
+    of the sweep's process alone), and one still not done after that is ended KILLED here. A job is done when its
+    state tag is no longer `running`: a job writes its status first and its state after it (Tracker.finish)."""
+    def unfinished():
         return client.search_runs([experiment_id], max_results=10000, filter_string=(
-            f"tags.mlflow.parentRunId = '{parent_run_id}' AND attributes.status = 'RUNNING'"))
+            f"tags.mlflow.parentRunId = '{parent_run_id}' AND tags.state = 'running'"))
 
     passed_on, deadline = False, time.monotonic() + GRACE_S
-    while left := running():
+    while left := unfinished():
         if time.monotonic() < deadline:
             time.sleep(0.5)
             continue
@@ -62,6 +63,7 @@ def end_stopped_jobs(client, experiment_id: str, parent_run_id: str, signum: int
         passed_on, deadline = True, time.monotonic() + GRACE_S
     for r in left:
         with protected():
-            client.set_terminated(r.info.run_id, "KILLED")
-            client.set_tag(r.info.run_id, "state", "killed")
-            client.set_tag(r.info.run_id, "failure_reason", f"{reason} and the job did not end by itself")
+            if r.info.status == "RUNNING":
+                client.set_terminated(r.info.run_id, "KILLED")
+                client.set_tag(r.info.run_id, "failure_reason", f"{reason} and the job did not end by itself")
+            client.set_tag(r.info.run_id, "state", "killed" if r.info.status == "RUNNING" else r.info.status.lower())
