@@ -153,7 +153,7 @@ def weights(cfg) -> torch.Tensor:
 def fit_only(cfg):
     """What train(cfg) fits, without its records (no MLflow, pictures or test pass): the run build_run makes,
     fitted. For tests of what the Trainer and the module do; the recording is train()'s own tests' subject."""
-    from softmax_lab.jobs.train_job import build_run
+    from softmax_lab.jobs.training_run import build_run
 
     run = build_run(cfg)
     run.trainer.fit(run.module, datamodule=run.datamodule, weights_only=True)

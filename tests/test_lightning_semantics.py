@@ -137,7 +137,7 @@ def test_precision_plugins_train_test_and_draw(make_cfg, impl, precision):
 
 @pytest.mark.parametrize("impl, precision", PRECISIONS)
 def test_the_trainer_runs_at_the_precision_asked_for(make_cfg, impl, precision):
-    from softmax_lab.jobs.train_job import build_run
+    from softmax_lab.jobs.training_run import build_run
 
     assert build_run(make_cfg(f"impl={impl}", f"+trainer.precision={precision}")).trainer.precision == precision
 

@@ -155,9 +155,9 @@ def test_a_study_in_memory_has_no_trial_to_report_to_and_trains_on(make_cfg):
 
 
 def fit_only_with(cfg, callback):
-    from softmax_lab.jobs import train_job
+    from softmax_lab.jobs import training_run
 
-    run = train_job.build_run(cfg)
+    run = training_run.build_run(cfg)
     run.trainer.callbacks.append(callback)
     run.trainer.fit(run.module, datamodule=run.datamodule, weights_only=True)
     return run

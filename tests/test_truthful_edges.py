@@ -100,7 +100,8 @@ def test_deleting_what_training_needs_is_one_line_with_what_to_write_instead(mak
 
 
 def test_a_deletion_hydra_allows_is_honoured_and_named(make_cfg, tmp_path, tiny_data):
-    from softmax_lab.jobs.train_job import build_run, epoch_limit, train
+    from softmax_lab.jobs.train_job import train
+    from softmax_lab.jobs.training_run import build_run, epoch_limit
 
     run = build_run(make_cfg("~trainer.max_epochs"), ["~trainer.max_epochs"])
     assert epoch_limit(run) == 1000  # Lightning's own default, as Lightning documents
