@@ -19,6 +19,18 @@ class OptunaSweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
                                                                 task_function=task_function, config=config)
 
+    @staticmethod
+    def varied(config) -> tuple[dict[str, str], dict[str, str]]:
+        """What a search varies, for its MLflow parent run (tracking/sweep.py asks before any trial): the trial's
+        number and the space it really searches; the keys of the space the command line fixes. The search is planned
+        (and its study opened) as it will run: ConfigError, before any run exists, when it cannot."""
+        from softmax_lab.config import TRIAL_KEY
+        from softmax_lab.search.loop import plan
+
+        space, _ = plan(config.hydra.sweeper, list(config.hydra.overrides.task))
+        fixed = {k: f"{v} (fixed by the command line; the space said {was})" for k, (v, was) in space.fixed.items()}
+        return {TRIAL_KEY: "the Optuna trial's number", **space.described}, fixed
+
     def sweep(self, arguments: list[str]) -> None:
         from softmax_lab.errors import UserError
         from softmax_lab.search.loop import run_search

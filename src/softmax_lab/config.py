@@ -24,6 +24,7 @@ def launch_relative(url: str | None) -> str | None:
     launched = Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
     return f"sqlite:///{(launched / path).resolve()}{sep}{query}"
 CONFIG_DIR = PROJECT_ROOT / "conf"
+TRIAL_KEY = "search.trial"  # the override that tells a job which trial of a search it is (hparams_search=optuna)
 
 
 def register_resolvers() -> None:

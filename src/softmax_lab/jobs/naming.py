@@ -8,6 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from softmax_lab.config import TRIAL_KEY
 from softmax_lab.console import short_overrides
 from softmax_lab.errors import ConfigError
 from softmax_lab.tracking.sweep_jobs import SWEPT_KEYS_ENV
@@ -42,7 +43,7 @@ def check_run_dir(cfg: DictConfig) -> None:
                           "or compose with the override paths.output_dir=<a folder>.")
 
 
-TRIAL = "search.trial="  # an Optuna search's trial number (hparams_search=optuna): the name starts with it
+TRIAL = TRIAL_KEY + "="  # an Optuna search's trial number: the name starts with it
 
 
 def run_name(loss_name: str, impl: str, overrides: list[str]) -> str:

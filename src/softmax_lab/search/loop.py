@@ -14,6 +14,7 @@ import math
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from softmax_lab.config import TRIAL_KEY
 from softmax_lab.errors import ConfigError, RunInterrupted
 from softmax_lab.search.report import write_report
 from softmax_lab.search.space import SearchSpace, search_space
@@ -21,7 +22,6 @@ from softmax_lab.search.study import INTERRUPTED, Study, check_pruning, open_stu
 from softmax_lab.signals import INTERRUPTS
 
 log = logging.getLogger("softmax_lab.search")
-TRIAL_KEY = "search.trial"  # the override that tells a job which trial it is (hparams_search=optuna declares it)
 
 
 def count(sweeper: DictConfig, key: str) -> int:

@@ -28,6 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from softmax_lab.config import TRIAL_KEY
 from softmax_lab.errors import ConfigError, RunInterrupted, UserError
 from softmax_lab.signals import protected, raise_on_signals
 from softmax_lab.tracking.run_fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, readable, source_tags
@@ -49,23 +50,21 @@ SEARCH_FILES = ("search.md", "search.png", "optimization_results.yaml")  # an Op
 
 FAILED_JOBS = 0  # read by src/train.py to exit non-zero when a job failed
 ACTIVE: MlflowSweepCallback | None = None  # the running sweep's callback: a stopped search ends its parent run
-SEARCH_SWEEPER = "hydra_plugins.softmax_lab_optuna.OptunaSweeper"
 
 
-def is_search(config: DictConfig) -> bool:
-    return config.hydra.sweeper.get("_target_") == SEARCH_SWEEPER
-
-
-def sweep_overrides(config: DictConfig, space=None) -> tuple[dict[str, str], dict[str, str]]:
-    """What the sweep varies, key -> its values as typed (`key=a,b`, `key=range(...)`/`choice(...)`; for an Optuna
-    search, `space`: the space it really searches), and the keys a search's space names that the command line fixes."""
+def sweep_overrides(config: DictConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """What the sweep varies, key -> its values as typed (`key=a,b`, `key=range(...)`/`choice(...)`), and the keys the
+    command line fixes that the sweeper would have varied. A sweeper that plans its own jobs (an Optuna search) says
+    both itself, through its class's `varied(config)`, checked: ConfigError when it cannot run."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.utils import get_class
 
-    if space is not None:
-        from softmax_lab.search.loop import TRIAL_KEY
-
-        fixed = {k: f"{v} (fixed by the command line; the space said {was})" for k, (v, was) in space.fixed.items()}
-        return {TRIAL_KEY: "the Optuna trial's number", **space.described}, fixed
+    try:
+        varied = getattr(get_class(config.hydra.sweeper._target_), "varied", None)
+    except (ImportError, ValueError):  # a sweeper that is not installed: Hydra says so when it instantiates it
+        varied = None
+    if varied is not None:
+        return varied(config)
     parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     return {o.key_or_group.lstrip("+~"): o.input_line.split("=", 1)[1] for o in parsed if o.is_sweep_override()}, {}
 
@@ -132,16 +131,12 @@ class MlflowSweepCallback(Callback):
         FAILED_JOBS, ACTIVE = 0, self
         HydraConfig.instance().set_config(config)  # so ${hydra:...} resolves here
         self.sweep_dir, self.started = Path(str(config.hydra.sweep.dir)), time.time()
-        space = None
         try:  # a sweep that cannot run is refused in one line, before its parent run exists
             check_sweep_dir(self.sweep_dir)
-            if is_search(config):
-                from softmax_lab.search.loop import plan
-
-                space, _ = plan(config.hydra.sweeper, list(config.hydra.overrides.task))
+            swept, fixed = sweep_overrides(config)
         except UserError as e:
             refuse(e)
-        swept, fixed = sweep_overrides(config, space)
+        searched = TRIAL_KEY in swept
         os.environ[SWEPT_KEYS_ENV] = ",".join(swept)
         raise_on_signals()  # from here a signal, between jobs or in one, ends the sweep as a unit (stop)
         if not str(config.logger.get("_target_", "")).endswith("MlflowTracker"):
@@ -149,8 +144,8 @@ class MlflowSweepCallback(Callback):
         self.uri = resolve_tracking_uri(config.logger.get("tracking_uri"))
         self.client, self.experiment_id = connect(self.uri, config.logger.experiment_name)
         task = list(config.hydra.overrides.task)
-        kind = "search" if space is not None else "sweep"
-        what = f"search {config.hydra.sweeper.study_name}" if space is not None else \
+        kind = "search" if searched else "sweep"
+        what = f"search {config.hydra.sweeper.study_name}" if searched else \
             " ".join(f"{k}={v}" for k, v in swept.items()) or "(defaults)"
         label = f"{what} ({time.strftime('%m-%d %H:%M')})"  # the runs table's sweep column, on the parent and its jobs
         tags = {"sweep_dir": str(self.sweep_dir), "overrides": " ".join(task) or "(defaults)", "kind": kind,
@@ -163,7 +158,7 @@ class MlflowSweepCallback(Callback):
             for key, values in {**swept, **fixed}.items():  # what the sweep varies, as the compare view shows params
                 self.client.log_param(self.parent_run_id, key, values[:MAX_PARAM_VALUE])
             self.client.set_experiment_tag(self.experiment_id, *sweep_view(
-                self.parent_run_id, [k for k in swept if k != "search.trial"]))
+                self.parent_run_id, [k for k in swept if k != TRIAL_KEY]))
         os.environ[PARENT_RUN_ENV] = self.parent_run_id
         os.environ[SWEEP_LABEL_ENV] = label
         log.info("sweep recorded as MLflow parent run %s", self.parent_run_id)
