@@ -47,4 +47,4 @@ if __name__ == "__main__":
         raise
     from softmax_lab.tracking import sweep
 
-    finished(1 if sweep.FAILED_JOBS else 0)
+    finished(1 if sweep.ACTIVE is not None and sweep.ACTIVE.failed_jobs else 0)

@@ -202,7 +202,7 @@ def test_bug6_the_sweep_parent_never_stays_running(tmp_path, monkeypatch, summar
     else:
         callback.on_multirun_end(config)
     status = callback.client.get_run(callback.parent_run_id).info.status
-    assert status == ("FAILED" if summary_fails else "FINISHED") and sweep.FAILED_JOBS >= 1
+    assert status == ("FAILED" if summary_fails else "FINISHED") and callback.failed_jobs >= 1
 
 
 def test_bug6_outcomes_are_written_whole(tmp_path, monkeypatch):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -11,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from softmax_lab.config import TRIAL_KEY
 from softmax_lab.console import short_overrides
 from softmax_lab.errors import ConfigError
-from softmax_lab.tracking.sweep_jobs import SWEPT_KEYS_ENV
+from softmax_lab.tracking.sweep_jobs import SweepLink
 
 # Overrides that say where or how things run, not what is trained: left out of run names.
 # A deletion (`~key`) is a change like any other and is named, unless it deletes a place key.
@@ -52,8 +50,8 @@ def run_name(loss_name: str, impl: str, overrides: list[str]) -> str:
     head = [f"loss={loss_name}", f"impl={impl}"]
     trial = next((o[len(TRIAL):] for o in overrides if o.startswith(TRIAL)), None)
     rest = [o for o in overrides if not o.lstrip("~+").startswith(("loss=", "impl=", TRIAL, *PLACE_KEYS))]
-    swept = os.environ.get(SWEPT_KEYS_ENV)
+    swept = SweepLink.of_this_job().swept_keys
     if swept is not None:
-        rest = [o for o in rest if o.split("=", 1)[0].lstrip("+~") in swept.split(",")]
+        rest = [o for o in rest if o.split("=", 1)[0].lstrip("+~") in swept]
     name = short_overrides(" ".join(head + rest))
     return f"trial {trial}: {name}" if trial is not None else name

@@ -98,10 +98,10 @@ def record_refused_job(cfg, reason: str) -> None:
     """A sweep job refused before its run existed still becomes a FAILED child run, with the reason."""
     from softmax_lab.tracking.run import MlflowTracker
     from softmax_lab.tracking.run_fields import source_tags
-    from softmax_lab.tracking.sweep_jobs import PARENT_RUN_ENV
+    from softmax_lab.tracking.sweep_jobs import SweepLink
 
     logger = (cfg.get("logger") if cfg is not None else None) or {}
-    if not (str(logger.get("_target_", "")).endswith("MlflowTracker") and os.environ.get(PARENT_RUN_ENV)
+    if not (str(logger.get("_target_", "")).endswith("MlflowTracker") and SweepLink.of_this_job().parent_run_id
             and HydraConfig.initialized()):
         return
     hc = HydraConfig.get()

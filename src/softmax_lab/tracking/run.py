@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ from softmax_lab.tracking.logger import BufferedMlflowLogger, FlushMetrics
 from softmax_lab.tracking.run_fields import MAX_TAG_VALUE
 from softmax_lab.tracking.run_model import RunModel
 from softmax_lab.tracking.store import GONE, connect, first_line, store_errors, store_write
-from softmax_lab.tracking.sweep_jobs import PARENT_RUN_ENV, SWEEP_LABEL_ENV
+from softmax_lab.tracking.sweep_jobs import SweepLink
 from softmax_lab.tracking.uris import browse_hint, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -67,7 +66,8 @@ class MlflowTracker(RunModel):
 
     def start_run(self, run_name: str, tags: dict[str, str], resume_run_id: str | None = None) -> str:
         """Create the run, or reopen `resume_run_id` (an interrupted run of this store) as RUNNING again."""
-        sweep = {"mlflow.parentRunId": os.environ.get(PARENT_RUN_ENV), "sweep": os.environ.get(SWEEP_LABEL_ENV)}
+        link = SweepLink.of_this_job()
+        sweep = {"mlflow.parentRunId": link.parent_run_id, "sweep": link.label}
         tags = {"state": "running", **tags, **{k: v for k, v in sweep.items() if v}, "mlflow.runName": self.run_name or
                 run_name}
         tags = {k: str(v)[:MAX_TAG_VALUE] for k, v in tags.items()}

@@ -17,7 +17,6 @@ processes, and a job still RUNNING after that ended KILLED by the sweep), the su
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import time
@@ -33,7 +32,7 @@ from softmax_lab.errors import ConfigError, RunInterrupted, UserError
 from softmax_lab.signals import protected, raise_on_signals
 from softmax_lab.tracking.run_fields import MAX_PARAM_VALUE, MAX_TAG_VALUE, readable, source_tags
 from softmax_lab.tracking.store import connect
-from softmax_lab.tracking.sweep_jobs import PARENT_RUN_ENV, SWEEP_LABEL_ENV, SWEPT_KEYS_ENV, end_stopped_jobs
+from softmax_lab.tracking.sweep_jobs import SweepLink, end_stopped_jobs
 from softmax_lab.tracking.sweep_summary import (
     best_row,
     markdown_table,
@@ -48,8 +47,9 @@ from softmax_lab.tracking.uris import browse_hint, resolve_tracking_uri, sweep_v
 log = logging.getLogger(__name__)
 SEARCH_FILES = ("search.md", "search.png", "optimization_results.yaml")  # an Optuna search's report, when there is one
 
-FAILED_JOBS = 0  # read by src/train.py to exit non-zero when a job failed
-ACTIVE: MlflowSweepCallback | None = None  # the running sweep's callback: a stopped search ends its parent run
+# The sweep this process runs (Hydra makes its callback): src/train.py stops it on a signal and exits non-zero when a
+# job failed (failed_jobs); a search whose study went away ends its parent run
+ACTIVE: MlflowSweepCallback | None = None
 
 
 def sweep_overrides(config: DictConfig) -> tuple[dict[str, str], dict[str, str]]:
@@ -125,10 +125,11 @@ class MlflowSweepCallback(Callback):
     def __init__(self):
         self.client = self.experiment_id = self.parent_run_id = self.uri = self.sweep_dir = self.started = None
         self.ended = False  # the parent's status is final
+        self.failed_jobs = 0  # jobs that did not finish (the command's exit code)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        global FAILED_JOBS, ACTIVE
-        FAILED_JOBS, ACTIVE = 0, self
+        global ACTIVE
+        ACTIVE = self
         HydraConfig.instance().set_config(config)  # so ${hydra:...} resolves here
         self.sweep_dir, self.started = Path(str(config.hydra.sweep.dir)), time.time()
         try:  # a sweep that cannot run is refused in one line, before its parent run exists
@@ -137,7 +138,7 @@ class MlflowSweepCallback(Callback):
         except UserError as e:
             refuse(e)
         searched = TRIAL_KEY in swept
-        os.environ[SWEPT_KEYS_ENV] = ",".join(swept)
+        SweepLink(swept_keys=tuple(swept)).tell_jobs()
         raise_on_signals()  # from here a signal, between jobs or in one, ends the sweep as a unit (stop)
         if not str(config.logger.get("_target_", "")).endswith("MlflowTracker"):
             return
@@ -159,8 +160,7 @@ class MlflowSweepCallback(Callback):
                 self.client.log_param(self.parent_run_id, key, values[:MAX_PARAM_VALUE])
             self.client.set_experiment_tag(self.experiment_id, *sweep_view(
                 self.parent_run_id, [k for k in swept if k != TRIAL_KEY]))
-        os.environ[PARENT_RUN_ENV] = self.parent_run_id
-        os.environ[SWEEP_LABEL_ENV] = label
+        SweepLink(self.parent_run_id, label, tuple(swept)).tell_jobs()
         log.info("sweep recorded as MLflow parent run %s", self.parent_run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
@@ -181,29 +181,27 @@ class MlflowSweepCallback(Callback):
 
     def _conclude(self, status: str, reason: str | None = None) -> None:
         """The summary of every job (into the sweep dir and onto the parent), then the parent's final status."""
-        global FAILED_JOBS
-        os.environ.pop(PARENT_RUN_ENV, None)
-        os.environ.pop(SWEPT_KEYS_ENV, None)
-        os.environ.pop(SWEEP_LABEL_ENV, None)
+        SweepLink.forget()
         sweep_dir = self.sweep_dir
         try:
             rows = summary_rows(self.client, self.experiment_id, self.parent_run_id) if self.parent_run_id else []
             rows += outcome_rows(sweep_dir, {r["job"] for r in rows}, self.started)
             rows.sort(key=lambda r: r["job"])
-            FAILED_JOBS = sum(r["status"] not in ("FINISHED", "PRUNED") for r in rows)
+            self.failed_jobs = sum(r["status"] not in ("FINISHED", "PRUNED") for r in rows)
             files = write_summary(rows, sweep_dir)
-            said = f"{len(rows)} jobs, {FAILED_JOBS} not finished" + (f"; {reason}" if reason else "")
+            said = f"{len(rows)} jobs, {self.failed_jobs} not finished" + (f"; {reason}" if reason else "")
             print(f"\nSweep summary ({said}; files in {sweep_dir}):\n" + markdown_table(rows), flush=True)
             if self.parent_run_id is not None:
                 search = [p for p in (sweep_dir / n for n in SEARCH_FILES) if p.exists()]  # search/report.py
-                record_result(self.client, self.experiment_id, self.parent_run_id, rows, files + search, reason)
+                record_result(self.client, self.experiment_id, self.parent_run_id, rows, files + search, reason,
+                              self.failed_jobs)
                 with protected():
                     self.client.set_tag(self.parent_run_id, "state", status.lower())
                     self.client.set_terminated(self.parent_run_id, status)
                 print(browse_hint(self.uri, self.experiment_id, self.parent_run_id, sweep=True), flush=True)
             self.ended = True
         except Exception:
-            FAILED_JOBS = max(FAILED_JOBS, 1)
+            self.failed_jobs = max(self.failed_jobs, 1)
             if self.parent_run_id is not None and status == "FINISHED":
                 with protected():
                     self.client.set_tag(self.parent_run_id, "state", "failed")
@@ -213,7 +211,7 @@ class MlflowSweepCallback(Callback):
 
 
 def record_result(client, experiment_id: str, pid: str, rows: list[dict], files: list[Path],
-                  stopped: str | None) -> None:
+                  stopped: str | None, failed_jobs: int) -> None:
     """The parent `pid` tells the sweep's result: the best job (tags, winner/* metrics, a link), the table as its
     description; each job's place in the answer (sweep_rank, the order of the sweep's view)."""
     from mlflow.entities import Metric
@@ -223,8 +221,8 @@ def record_result(client, experiment_id: str, pid: str, rows: list[dict], files:
         for p in files:
             client.log_artifact(pid, str(p), "summary")
         report = next((p.read_text() + "\n" for p in files if p.name == "search.md"), "")
-        tags = {"jobs": len(rows), "failed_jobs": FAILED_JOBS,
-                "mlflow.note.content": (report + parent_description(rows, best, FAILED_JOBS,
+        tags = {"jobs": len(rows), "failed_jobs": failed_jobs,
+                "mlflow.note.content": (report + parent_description(rows, best, failed_jobs,
                                                                     experiment_id, stopped))[:MAX_TAG_VALUE]}
         if best is not None:
             tags.update(best_job=best["job"], best_run_id=best["run_id"], best_overrides=best["overrides"],

@@ -1,13 +1,15 @@
-"""What a sweep and its jobs hand each other. The sweep's process exports the parent run and the swept keys in
-the environment (every launcher passes it on); each job leaves job_outcome.json beside its output, for the
-summary to list every job, even one refused before its MLflow run existed or one not tracked. The file is
-written whole or not at all (files.py) and read so that a missing or damaged one is one row that says so."""
+"""What a sweep and its jobs hand each other, whichever process a launcher runs a job in. The sweep tells its
+jobs a SweepLink (its parent run, its label, the keys it varies) through the environment, which every Hydra launcher
+passes on; each job leaves job_outcome.json beside its output, for the summary to list every job, even one refused
+before its MLflow run existed or one not tracked. The file is written whole or not at all (files.py) and read so
+that a missing or damaged one is one row that says so."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from softmax_lab.files import write_text
@@ -15,10 +17,38 @@ from softmax_lab.signals import protected
 from softmax_lab.trainer.processes import descendants
 
 PARENT_RUN_ENV = "SOFTMAX_LAB_PARENT_RUN_ID"  # a job's run becomes the parent's child
-SWEPT_KEYS_ENV = "SOFTMAX_LAB_SWEPT_KEYS"  # a job's run is named by what its sweep varies
+SWEPT_KEYS_ENV = "SOFTMAX_LAB_SWEPT_KEYS"  # a job's run is named by what its sweep varies (comma-separated keys)
 SWEEP_LABEL_ENV = "SOFTMAX_LAB_SWEEP"  # a job's run says which sweep it belongs to (the runs table's sweep column)
 OUTCOME_FILE = "job_outcome.json"
 GRACE_S = 5  # for a stopped sweep's jobs in other processes to record themselves KILLED, before and after a nudge
+
+
+@dataclass(frozen=True)
+class SweepLink:
+    """What a sweep tells each of its jobs; all None outside a sweep. The environment carries it (the three
+    variables above): every launcher (local, joblib, submitit, Ray) starts its jobs with the sweep's environment."""
+
+    parent_run_id: str | None = None  # the sweep's MLflow parent run (none where the sweep is not tracked)
+    label: str | None = None
+    swept_keys: tuple[str, ...] | None = None
+
+    @classmethod
+    def of_this_job(cls) -> SweepLink:
+        keys = os.environ.get(SWEPT_KEYS_ENV)
+        return cls(os.environ.get(PARENT_RUN_ENV), os.environ.get(SWEEP_LABEL_ENV),
+                   tuple(keys.split(",")) if keys is not None else None)
+
+    def tell_jobs(self) -> None:
+        for name, value in ((PARENT_RUN_ENV, self.parent_run_id), (SWEEP_LABEL_ENV, self.label),
+                            (SWEPT_KEYS_ENV, ",".join(self.swept_keys) if self.swept_keys is not None else None)):
+            if value is not None:
+                os.environ[name] = value
+
+    @staticmethod
+    def forget() -> None:
+        """The sweep ended: a later run in this process is no job of it."""
+        for name in (PARENT_RUN_ENV, SWEEP_LABEL_ENV, SWEPT_KEYS_ENV):
+            os.environ.pop(name, None)
 
 
 def write_outcome(job_dir: Path, record: dict) -> Path:
