@@ -63,3 +63,46 @@ def test_a_download_that_leaves_the_files_returns_them(monkeypatch, tmp_path):
     fake_torchvision(monkeypatch, lambda root, train, download: write_dataset(tmp_path / "FashionMNIST" / "raw"))
     found = locate._download(tmp_path)
     assert sorted(found) == sorted(locate.find_idx_files(tmp_path)) and all(p.exists() for p in found.values())
+
+
+# --- raw_test_images: the first official test images as the files hold them (predict.py test:N, the model example)
+
+def test_raw_test_images_are_the_files_test_images_over_255(tmp_path):
+    from conftest import tiny_split, write_dataset
+    from softmax_lab.data.splits import raw_test_images
+
+    X, y = raw_test_images(5, data_dir=write_dataset(tmp_path))
+    images, labels = tiny_split(200, 1)  # the test split write_dataset wrote
+    assert X.dtype == torch.float32 and y.dtype == torch.long
+    torch.testing.assert_close(X, torch.from_numpy(images[:5]).float() / 255, rtol=0, atol=0)
+    assert torch.equal(y, torch.from_numpy(labels[:5]).long())
+
+
+def test_raw_test_images_of_some_classes_are_theirs_relabelled_in_the_order_given(tmp_path):
+    from conftest import tiny_split, write_dataset
+    from softmax_lab.data.splits import raw_test_images
+
+    X, y = raw_test_images(6, data_dir=write_dataset(tmp_path), classes=[3, 1])
+    images, labels = tiny_split(200, 1)
+    keep = (labels == 3) | (labels == 1)
+    torch.testing.assert_close(X, torch.from_numpy(images[keep][:6]).float() / 255, rtol=0, atol=0)
+    assert y.tolist() == [0 if c == 3 else 1 for c in labels[keep][:6]]
+
+
+def test_raw_test_images_never_download_unless_asked(tmp_path, monkeypatch):
+    from softmax_lab.data.splits import raw_test_images
+
+    monkeypatch.setattr(locate, "_download", lambda directory: pytest.fail("downloaded without being asked"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError):
+        raw_test_images(1, data_dir=tmp_path / "empty")
+
+
+def test_a_copy_missing_two_files_names_both(tmp_path):
+    from conftest import write_dataset
+
+    d = write_dataset(tmp_path, gz=False)
+    (d / "t10k-images-idx3-ubyte").unlink()
+    (d / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError, match=r"missing t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte \(raw or \.gz\)\. "):
+        locate.find_idx_files(d)

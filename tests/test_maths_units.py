@@ -3,6 +3,7 @@ clipping against torch.nn.utils.clip_grad_norm_, the power iteration against a H
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -127,3 +128,103 @@ def test_scratch_sgds_defaults_are_plain_sgd_and_only_momentum_is_checkpointed()
     sgd.step([p], [g])
     torch.testing.assert_close(p, torch.full((3,), 0.9))
     assert list(sgd.state_dict()) == [] and list(ScratchSGD([p], lr=0.1, momentum=0.9).state_dict()) == ["velocity0"]
+
+
+# --- the evaluation metrics against sums done by hand ----------------------------------------------------------------
+
+ROWS = [([0.9, 0.05, 0.05], 0), ([0.65, 0.3, 0.05], 1), ([0.2, 0.7, 0.1], 1), ([0.55, 0.4, 0.05], 0),
+        ([0.05, 0.1, 0.85], 2)]  # predicted 0, 0, 1, 0, 2: four right; confidences .9 .65 .7 .55 .85
+
+
+def hand_metrics(bins: int = 5):
+    from softmax_lab.maths.metrics import EvalMetrics
+
+    P = torch.tensor([p for p, _ in ROWS], dtype=torch.float64)
+    y = torch.tensor([c for _, c in ROWS])
+    metrics = EvalMetrics(num_classes=3, confusion=True, bins=bins)
+    metrics.update(P.log().float(), y, torch.tensor(2.0))
+    return metrics.compute(), P, y
+
+
+def test_eval_metrics_are_the_sums_by_hand():
+    out, P, y = hand_metrics()
+    onehot = torch.nn.functional.one_hot(y, 3).double()
+    assert out["acc"] == pytest.approx(4 / 5) and out["loss"] == pytest.approx(2.0)  # a batch mean, weighted by n
+    assert out["nll"] == pytest.approx(float(-P.gather(1, y[:, None]).log().mean()), rel=1e-5)
+    assert out["brier"] == pytest.approx(float(((P - onehot) ** 2).sum(1).mean()), rel=1e-5)
+    assert out["entropy"] == pytest.approx(float(-(P * P.log()).sum(1).mean()), rel=1e-5)
+    # five bins of width 0.2: .55 in the third, .65 and .7 in the fourth, .85 and .9 in the fifth
+    assert out["bin_count"].tolist() == [0, 0, 1, 2, 2]
+    assert out["bin_acc"].tolist() == pytest.approx([0, 0, 1, 0.5, 1])
+    assert out["bin_conf"].tolist() == pytest.approx([0, 0, 0.55, 0.675, 0.875], rel=1e-5)
+    assert out["ece"] == pytest.approx((0.45 + 0.35 + 0.25) / 5, rel=1e-5)
+    assert out["per_class_acc"] == pytest.approx([1.0, 0.5, 1.0])  # class 2 has one image
+
+
+def test_eval_metrics_of_one_image():
+    from softmax_lab.maths.metrics import EvalMetrics
+
+    metrics = EvalMetrics(num_classes=3)
+    metrics.update(torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([0]), torch.tensor(0.5))
+    out = metrics.compute()
+    assert out["acc"] == 1.0 and out["loss"] == 0.5
+
+
+def test_a_confidence_of_zero_and_one_a_rounding_over_one_fall_in_the_end_bins():
+    from softmax_lab.maths.metrics import confidence_bin
+
+    conf = torch.tensor([0.0, 1e-9, 0.1, 0.1000001, 0.95, 1.0, 1.0000001])
+    assert confidence_bin(conf, 10).tolist() == [0, 0, 0, 1, 9, 9, 9]
+
+
+def test_top_label_keeps_float64_logits_in_float64():
+    from softmax_lab.maths.metrics import top_label
+
+    O = torch.tensor([[1.0, 1.0 + 1e-12]], dtype=torch.float64)  # a difference float32 cannot hold
+    logp, conf, pred = top_label(O)
+    assert logp.dtype == torch.float64 and pred.item() == 1 and conf.item() != 0.5
+
+
+# --- pixels and weights -----------------------------------------------------------------------------------------------
+
+def test_prepared_pixels_are_centred_by_the_mean_and_scaled_by_the_std():
+    from softmax_lab.maths.pixels import prepare_pixels
+
+    X = torch.tensor([0.0, 0.25, 0.5, 1.0]).repeat(196).reshape(1, 28, 28)
+    out = prepare_pixels(X, None, mean=0.5, std=0.25)
+    assert out.shape == (1, 784) and out[0, :4].tolist() == [-2.0, -1.0, 0.0, 2.0]
+
+
+def test_resized_pixels_match_pillows_antialiased_bilinear():
+    from PIL import Image
+
+    from softmax_lab.maths.pixels import resize_pixels
+
+    torch.manual_seed(0)
+    X = torch.rand(2, 28, 28)
+    out = resize_pixels(X, 10).reshape(2, 10, 10)
+    for i in range(2):
+        pil = Image.fromarray(X[i].numpy(), mode="F").resize((10, 10), Image.BILINEAR)
+        torch.testing.assert_close(out[i], torch.tensor(np.array(pil)), atol=1e-5, rtol=0)
+
+
+def test_initial_weights_have_the_std_asked_for_and_zero_bias():
+    from softmax_lab.maths.softmax_regression import initial_weights
+
+    torch.manual_seed(0)
+    W, b = initial_weights(784, 10, 0.01)
+    assert W.shape == (784, 10) and W.std().item() == pytest.approx(0.01, rel=0.05) and b.tolist() == [0.0] * 10
+
+
+def test_scratch_sgd_is_plain_momentum_by_default_as_torch():
+    from softmax_lab.maths.sgd import ScratchSGD
+
+    p = torch.zeros(3)
+    sgd = ScratchSGD([p], lr=0.1, momentum=0.9)
+    ref = torch.zeros(3, requires_grad=True)
+    torch_sgd = torch.optim.SGD([ref], lr=0.1, momentum=0.9)
+    for g in (torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.5, 0.5, -1.0])):
+        sgd.step([p], [g])
+        ref.grad = g.clone()
+        torch_sgd.step()
+    torch.testing.assert_close(p, ref.detach(), rtol=0, atol=1e-7)
