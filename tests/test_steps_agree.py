@@ -27,3 +27,42 @@ def test_nn_clips_its_gradients_in_the_speed_mode_as_in_the_default_mode(make_cf
     plain = weights(fit_only(make_cfg("impl=nn", "trainer.max_epochs=1", "optimizer.lr=0.5")).cfg)
     torch.testing.assert_close(speed, default, rtol=0, atol=1e-6)
     assert (plain - default).abs().max() > 1e-3  # the clipping changed the steps
+
+
+def test_an_accumulation_windows_loss_is_its_minibatches_mean():
+    from softmax_lab.steps.hand_steps import window_mean
+
+    assert window_mean([torch.tensor(5.0)]).item() == 5.0
+    assert window_mean([torch.tensor(1.0), torch.tensor(3.0)]).item() == 2.0
+    assert window_mean([torch.tensor(1.0), torch.tensor(2.0), torch.tensor(6.0)]).item() == 3.0
+
+
+def test_a_lightning_that_no_longer_counts_bare_steps_is_one_line_with_the_fix(monkeypatch):
+    import pytorch_lightning as pl
+
+    from softmax_lab.errors import ConfigError
+    from softmax_lab.steps import bare_steps
+
+    monkeypatch.setattr(bare_steps, "lightning_counts_bare_steps", lambda: False)
+    with pytest.raises(ConfigError) as e:
+        bare_steps.check_supported()
+    assert str(e.value) == (f"data.batches_per_step>1 (the speed mode) counts its SGD steps through Lightning "
+                            f"internals that pytorch-lightning {pl.__version__} no longer has. Fix: "
+                            "data.batches_per_step=1, or the pinned versions (make install).")
+
+
+def test_evaluation_metrics_are_logged_at_the_sgd_step():
+    from types import SimpleNamespace
+
+    from softmax_lab.steps.eval_hooks import EvalHooks
+
+    class Logger:
+        def __init__(self):
+            self.calls = []
+
+        def log_metrics(self, metrics, step=None):
+            self.calls.append((metrics, step))
+
+    first, second = Logger(), Logger()
+    EvalHooks.log_at_step(SimpleNamespace(loggers=[first, second], global_step=7), {"val/acc": 0.5})
+    assert first.calls == second.calls == [({"val/acc": 0.5}, 7)]

@@ -55,3 +55,38 @@ def test_each_loss_says_its_options_in_its_repr():
         "L1(on=logits)", "BinaryCrossEntropy()"]
     huber = LOSSES["huber"](delta=2.0, on="probs", default_lr=0.5)
     assert repr(huber) == "Huber(on=probs, delta=2.0)" and huber.default_lr == 0.5
+
+
+def test_an_epoch_of_one_image_is_its_loss_and_its_answer():
+    totals = TrainTotals()
+    O, y = torch.tensor([[3.0, 0.0]]), torch.tensor([0])
+    totals.add(torch.tensor(0.5), O, y)
+    assert totals.epoch_metrics() == ({"train/loss": 0.5, "train/acc": 1.0}, 1.0)
+
+
+class TwoReplicas:
+    """A DDP strategy of two processes that saw the same images, reducing as Lightning's does: "mean"/"avg" by
+    default, else the torch.distributed.ReduceOp of that name."""
+
+    def __init__(self):
+        self.ops = []
+
+    def reduce(self, tensor, group=None, reduce_op="mean"):
+        self.ops.append(reduce_op)
+        if str(reduce_op).lower() in ("mean", "avg"):
+            return tensor.clone()
+        op = getattr(torch.distributed.ReduceOp, reduce_op.upper())  # AttributeError for a name it does not have
+        assert op == torch.distributed.ReduceOp.SUM, op
+        return tensor * 2
+
+
+def test_under_ddp_the_epoch_sums_every_replicas_images():
+    totals = TrainTotals()
+    seen = list(batches())
+    for loss, O, y in seen:
+        totals.add(loss, O, y)
+    alone, n = totals.epoch_metrics()
+    strategy = TwoReplicas()
+    together, both = totals.epoch_metrics(strategy)
+    assert strategy.ops == ["sum"] and both == 2 * n == 14  # every replica's images counted, once each
+    assert together == pytest.approx(alone, rel=1e-6)
