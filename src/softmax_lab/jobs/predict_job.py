@@ -62,6 +62,7 @@ def top_k_for(top_k, names: list[str]) -> int:
 
 
 def predict(cfg: DictConfig) -> dict[str, float]:
+    """Classify image files (or test:N official test images) with a checkpoint: a line per file and a picture."""
     from softmax_lab.pictures import grids
 
     for key in ("ckpt_path", "images"):

@@ -51,6 +51,7 @@ def run_description(name: str, metrics: dict[str, float], history: list[dict], m
 
 
 def print_summary(metrics: dict[str, float], tracker, run_dir: Path, best: str) -> None:
+    """The run's closing lines: its test numbers, where its run, pictures, best checkpoint and model are."""
     lines = ["  ".join(f"{k} {metrics[k]:.4f}" for k in ("test/acc", "test/loss", "val/acc_best", "test/ece")
                        if k in metrics),
              f"run: {tracker.describe()}", f"pictures and config: {run_dir}"]

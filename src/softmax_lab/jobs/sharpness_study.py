@@ -40,6 +40,7 @@ def default_loss(name: str):
 
 
 def initial_params() -> Params:
+    """The default run's initial weights (seed, init_std 0.01), as a dict for torch.func."""
     torch.manual_seed(SEED)  # as a run seeds before building its model
     W, b = initial_weights(784, 10, 0.01)
     return {"W": W, "b": b}
@@ -61,6 +62,7 @@ def train(loss_fn, lr: float, X, y, epochs: int, every: int = 0, on_step=None) -
 
 
 def edge_table(X, y, epochs: int) -> str:
+    """Per loss: lambda_max at the start and after `epochs` of training at its default rate, against 2 / lambda_max."""
     rows = [f"| `loss=` | lambda_max at the start | 2 / lambda_max | after {epochs} epochs | 2 / lambda_max "
             "| default lr | the default rate is |", "|---|---|---|---|---|---|---|"]
     for name in LOSSES:

@@ -15,6 +15,7 @@ DPI = 100
 
 
 def save(fig, path: Path) -> Path:
+    """Write the figure whole or not at all (a temporary file renamed), then close it."""
     path = Path(path)
     with replacing(path) as tmp:
         fig.savefig(tmp, dpi=DPI, format=path.suffix.lstrip(".") or "png")

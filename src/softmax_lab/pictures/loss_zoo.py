@@ -33,6 +33,7 @@ def one_logit_curves(name: str, logit: int, t: torch.Tensor) -> tuple[torch.Tens
 
 
 def loss_zoo(path: Path) -> Path:
+    """Each loss and its gradient along the true class's logit and a wrong class's: the chapter's loss-zoo figure."""
     t = torch.linspace(-4, 4, 321, dtype=torch.float64)
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), sharex=True)
     rows = [(0, "the true class's logit $o_y$ (target 1)"), (1, "a wrong class's logit $o_j$ (target 0)")]

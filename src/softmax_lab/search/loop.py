@@ -69,6 +69,7 @@ def plan(sweeper: DictConfig, arguments: list[str]) -> tuple[SearchSpace, Study]
 
 
 def seeded(sampler: DictConfig | None, first_trial: int):
+    """The sampler, its seed moved on by the trials already in the study (a continued search samples new points)."""
     if sampler is None:
         return None
     if sampler.get("seed") is None:
@@ -92,6 +93,7 @@ def suggest(trial, space: SearchSpace) -> dict:
 
 
 def run_search(launcher, config: DictConfig, arguments: list[str]) -> None:
+    """Ask the study for trials, launch them n_jobs at a time, tell it each result; then the search's report."""
     sweeper = config.hydra.sweeper
     space, study = plan(sweeper, arguments)
     already = len(study.study.get_trials(deepcopy=False))

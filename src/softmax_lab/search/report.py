@@ -35,6 +35,7 @@ def importances(study) -> dict[str, float]:
 
 
 def write_report(study, space: SearchSpace, mine: list[int], sweep_dir, storage: str) -> list[Path]:
+    """search.md, search.png and optimization_results.yaml in the sweep dir: the best trial, its command, history."""
     from optuna.trial import TrialState
 
     sweep_dir = Path(str(sweep_dir))

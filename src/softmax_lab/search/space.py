@@ -35,6 +35,7 @@ class SearchSpace:
 
 
 def spell(value) -> str:
+    """A value as a Hydra override spells it (true, null, quoted strings)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:

@@ -58,6 +58,7 @@ class BufferedMlflowLogger(MLFlowLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Buffered: written in batches by flush(); a step logged before a resume is skipped, not logged twice."""
         from mlflow.entities import Metric
 
         now, step = int(time.time() * 1000), step or 0

@@ -15,6 +15,7 @@ class RunModel:
     test_dataset: tuple[str, str] | None = None  # (name, digest) of the test split's dataset input
 
     def log_datasets(self, datamodule, splits: tuple[str, ...] = ("train", "val", "test")) -> None:
+        """The splits as the run's MLflow dataset inputs (name, digest, source); the test metrics link to the last."""
         from softmax_lab.tracking.datasets import dataset_inputs
 
         inputs = dataset_inputs(datamodule, splits)  # the test metrics are linked to the last (test)
@@ -35,6 +36,7 @@ class RunModel:
             self.logger.model_id, self.logger.test_dataset = self.model_id, self.test_dataset
 
     def log_model(self, classifier, example, step: int, metrics: dict[str, float]) -> str:
+        """The classifier as the run's MLflow model (pyfunc, with its input example and test metrics); its URI."""
         from softmax_lab.tracking.pyfunc_model import log_model
 
         with store_write(self.uri):

@@ -44,6 +44,7 @@ def outcome_rows(sweep_dir: Path, known_jobs: set[int], since: float | None = No
 
 
 def summary_rows(client, experiment_id: str, parent_run_id: str) -> list[dict]:
+    """One row per child run of the sweep's parent: its job, overrides, status, results and median epoch time."""
     runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
                               max_results=10000)
     rows = []
@@ -83,12 +84,14 @@ def _cell(v) -> str:
 
 
 def markdown_table(rows: list[dict], columns=SHOWN) -> str:
+    """The rows as a markdown table; a missing value is '-'."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(r[c]) if r[c] is not None else "-" for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def write_summary(rows: list[dict], sweep_dir: Path) -> list[Path]:
+    """sweep_summary.csv, .md and .png in the sweep dir."""
     from softmax_lab.pictures.charts import sweep_chart
 
     table = io.StringIO()

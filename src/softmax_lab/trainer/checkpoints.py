@@ -21,6 +21,7 @@ class CheckpointError(UserError):
 
 
 def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
+    """The checkpoint at `path` (weights_only); CheckpointError naming `key` for a folder, no file, a foreign one."""
     path = Path(path).expanduser()
     if path.is_dir():  # a run dir or its checkpoints/ folder: name what is in it
         found = sorted(p.relative_to(path).as_posix() for p in [*path.glob("*.ckpt"), *path.glob("checkpoints/*.ckpt")])

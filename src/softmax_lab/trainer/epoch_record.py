@@ -40,6 +40,7 @@ class EpochClock:
             self._since = self._now(device)
 
     def stop(self, device) -> float:
+        """End the clock (after the device's queued work); the seconds it ran."""
         self.pause(device)
         self._finished = True
         return self.elapsed
