@@ -142,3 +142,38 @@ def test_step_hooks_in_use_are_the_overridden_ones():
     assert not step_hooks_in_use(SimpleNamespace(callbacks=[]))
     assert not step_hooks_in_use(SimpleNamespace(callbacks=[Quiet(), pl.Callback()]))
     assert step_hooks_in_use(SimpleNamespace(callbacks=[Quiet(), Hooked()]))
+
+
+@pytest.mark.parametrize(("impl", "n", "what"), [("scratch", 1, "impl=scratch (it has no autograd parameters)"),
+                                                 ("func", 1, "impl=func (it has no autograd parameters)"),
+                                                 ("nn", 8, "the speed mode (several backward passes per forward)")])
+def test_lightnings_own_ddp_is_refused_when_stepping_by_hand_word_for_word(impl, n, what):
+    import pytorch_lightning as pl
+
+    from softmax_lab.trainer.flags import check_trainer
+
+    trainer = pl.Trainer(accelerator="cpu", devices=1, strategy="ddp", logger=False, enable_checkpointing=False)
+    with pytest.raises(ConfigError) as e:
+        check_trainer(trainer, plan({}, impl, n, {}), impl)
+    assert str(e.value) == (
+        f"trainer: DDPStrategy with 1 process(es) wraps the model in DistributedDataParallel, which cannot train "
+        f"{what}. Fix: trainer=ddp (GPUs) or trainer=ddp_cpu, softmax-lab's DDP, which averages the hand-taken steps "
+        "itself.")
+
+
+def test_softmax_labs_own_ddp_and_nn_in_the_default_mode_pass():
+    import pytorch_lightning as pl
+
+    from softmax_lab.trainer.ddp_strategy import DDPStrategy
+    from softmax_lab.trainer.flags import check_trainer
+
+    ours = pl.Trainer(accelerator="cpu", devices=1, strategy=DDPStrategy(), logger=False, enable_checkpointing=False)
+    check_trainer(ours, plan({}, "scratch", 1, {}), "scratch")
+    lightnings = pl.Trainer(accelerator="cpu", devices=1, strategy="ddp", logger=False, enable_checkpointing=False)
+    check_trainer(lightnings, plan({}, "nn", 1, {}), "nn")
+
+
+def test_interpolations_in_the_trainer_and_callbacks_are_resolved():
+    trainer = OmegaConf.create({"n": 4, "accumulate_grad_batches": "${n}", "gradient_clip_val": "${v}", "v": 0.5})
+    got = plan(trainer, "scratch", 1, OmegaConf.create({}))
+    assert got.module["accumulate_grad_batches"] == 4 and got.module["gradient_clip_val"] == 0.5
