@@ -4,6 +4,7 @@ batches' order and shares, the data's refusal word for word, the classifier's de
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -116,3 +117,19 @@ def test_a_classifier_takes_raw_pixels_unless_told_the_runs_statistics():
 def test_the_default_seed_is_zero():
     got = batches(shuffle=True).indices()
     assert got.tolist() == torch.randperm(10, generator=torch.Generator().manual_seed(0)).tolist()
+
+
+def test_without_a_data_dir_the_search_is_said_in_full_and_a_download_goes_into_data(tmp_path, monkeypatch):
+    from softmax_lab.data import locate
+    from softmax_lab.errors import DataError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(locate, "SYSTEM_DIR", tmp_path / "system")
+    with pytest.raises(DataError) as e:
+        locate.locate_fashion_mnist(None)
+    assert str(e.value) == (f"Fashion-MNIST not found. Searched: data, data/FashionMNIST/raw, {tmp_path / 'system'}, "
+                            f"{tmp_path / 'system' / 'FashionMNIST' / 'raw'}. " + locate.REMEDIES)
+    asked = []
+    monkeypatch.setattr(locate, "_download", asked.append)
+    locate.locate_fashion_mnist(None, download=True)
+    assert asked == [Path("data")]
