@@ -235,3 +235,14 @@ def test_a_stopped_sweep_waits_for_each_job_to_record_itself_whole(tmp_path, mon
         "the sweep was stopped by SIGINT and the job did not end by itself"
     assert not {"failure_reason"} & (ended[half_written].data.tags.keys() | ended[recording].data.tags.keys())
     assert (ended[done].info.status, ended[done].data.tags["state"]) == ("FINISHED", "finished")
+
+
+@pytest.mark.slow
+def test_a_sweep_that_breaks_off_ends_its_parent_failed(tiny_data, tmp_path):
+    from conftest import run_cli
+
+    r = run_cli(["-m", "loss=ce,bogus", f"data.data_dir={tiny_data}", *QUIET, f"hydra.sweep.dir={tmp_path / 's'}"],
+                env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    assert r.returncode == 1
+    _, runs = mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [(x.info.status, x.data.tags["state"]) for x in runs] == [("FAILED", "failed")]

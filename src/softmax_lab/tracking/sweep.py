@@ -88,10 +88,12 @@ def end_parent_run(status: str, reason: str) -> None:
 def stopped(e: BaseException) -> None:
     """What src/train.py does with a signal that ended the command (a job's exit code 130/143 or a signal between
     jobs): a sweep under way ends as a unit (MlflowSweepCallback.stop), then the command exits with the signal's
-    code; before any sweep started, one line. Anything else is left to go on as it was."""
+    code; before any sweep started, one line. Anything else goes on up, a sweep under way ended FAILED first."""
     code = e.exit_code if isinstance(e, RunInterrupted) else 130 if isinstance(e, KeyboardInterrupt) else \
         e.code if isinstance(e, SystemExit) else None
     if code not in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        if ACTIVE is not None and not ACTIVE.ended:  # it broke off (Hydra could not compose a job): never left RUNNING
+            end_parent_run("FAILED", "the sweep broke off with an error before its end (the output says which)")
         return
     name = signal.Signals(code - 128).name
     if ACTIVE is None or ACTIVE.ended:
