@@ -1,4 +1,4 @@
-"""The replicas' arithmetic (steps/replicas.py) with a stand-in for the DDP strategy that plays a second process:
+"""The replicas' arithmetic (steps/hand_steps.py) with a stand-in for the DDP strategy that plays a second process:
 the loss and every gradient averaged in one reduce and written back in place, rank 0's parameters copied into each
 replica, nothing done on one process. The real thing, with gloo processes, is tests/test_ddp.py (slow)."""
 
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import torch
 
-from softmax_lab.steps.replicas import average_loss_and_grads, averager, broadcast_parameters
+from softmax_lab.steps.hand_steps import average_loss_and_grads, averager, broadcast_parameters
 
 
 class OtherRank:

@@ -1,5 +1,6 @@
 """The training split's running totals (steps/train_totals.py), against sums done by hand: the epoch's loss weighted
-by batch size, its accuracy, the progress bar's running values, the step losses handed over once."""
+by batch size, its accuracy, the progress bar's running values, the step losses handed over once and written to
+every logger."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from softmax_lab.maths.losses import LOSSES
-from softmax_lab.steps.train_totals import TrainTotals
+from softmax_lab.steps.train_totals import TrainTotals, log_step_losses
 
 
 def batches():
@@ -47,6 +48,23 @@ def test_step_losses_are_handed_over_once_in_order():
     totals.note_step_loss(4, torch.tensor(0.25, dtype=torch.bfloat16))
     assert totals.take_step_losses() == [(3, 0.5), (4, 0.25)]
     assert totals.take_step_losses() == []
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def log_metrics(self, metrics, step):
+        self.calls.append((metrics, step))
+
+
+def test_step_losses_go_to_every_logger_as_train_loss_step_at_their_steps():
+    loggers = [Recorder(), Recorder()]
+    log_step_losses(loggers, [(3, 0.5), (6, float("inf"))])
+    for logger in loggers:
+        assert logger.calls == [({"train/loss_step": 0.5}, 3), ({"train/loss_step": float("inf")}, 6)]
+    log_step_losses(loggers, [])
+    assert len(loggers[0].calls) == 2
 
 
 def test_each_loss_says_its_options_in_its_repr():

@@ -1,4 +1,4 @@
-"""The one place that uses Lightning's private API: the speed mode's bare steps.
+"""Whether the speed mode may take bare steps: the one use of Lightning's private API, and its check.
 
 The speed mode (data.batches_per_step > 1, docs/speed.md) takes several SGD steps per Lightning step.
 When no callback listens to Lightning's per-step hooks it takes them bare (torch's backward and step),
@@ -7,7 +7,7 @@ closure) costs a large share of the step itself for this model. trainer.global_s
 every SGD step: max_steps, checkpoints and the step axis of every metric depend on it, and Lightning
 has no public way to add to it. Its manual optimisation loop counts a step with two callables it
 injects into the LightningOptimizer while a training step runs (Lightning 2.6:
-loops/optimization/manual.py, `_on_before_step` / `_on_after_step`); `count_step` calls them.
+loops/optimization/manual.py, `_on_before_step` / `_on_after_step`); hand_steps.count_step calls them.
 
 The default mode (data.batches_per_step=1) never comes here: every step goes through Lightning's
 public optimizer step. `check_supported` refuses the speed mode, before any run, in one line, when a
@@ -22,14 +22,9 @@ import pytorch_lightning as pl
 import torch
 
 from softmax_lab.errors import ConfigError
+from softmax_lab.steps.hand_steps import count_step
 
 STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_zero_grad", "on_before_optimizer_step")
-
-
-def count_step(optimizer) -> None:
-    """Advance trainer.global_step by one SGD step taken with the torch optimizer (or by hand)."""
-    optimizer._on_before_step()
-    optimizer._on_after_step()
 
 
 def step_hooks_in_use(trainer) -> bool:

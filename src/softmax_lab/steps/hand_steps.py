@@ -1,9 +1,10 @@
-"""SGD steps the module takes itself, under Lightning's manual optimisation.
+"""SGD steps the module takes itself, under Lightning's manual optimisation: a step's whole path after the
+module's training_step, but for the divergence check (divergence.py).
 
 impl=scratch (no autograd, no torch.optim) and impl=func (torch.func) always step here; impl=nn steps here
 only in the speed mode (data.batches_per_step > 1): by default Lightning's automatic optimisation steps it. Each step
 repeats what Lightning's automatic optimisation does, in its order, so a flag means the same in every
-mode (trainer/flags.py moves those flags here):
+mode (trainer/flags.py decides, before the run, which flags are honoured here):
 
     loss / accumulate_grad_batches -> gradients, summed over a window of minibatches
     at the window's last minibatch, or the epoch's: DDP average -> divergence check -> clipping
@@ -13,8 +14,9 @@ mode (trainer/flags.py moves those flags here):
 By default every step goes through Lightning's public optimizer step (`LightningOptimizer.step`);
 impl=scratch has no torch optimizer, so Lightning's stand-in, which updates nothing, is stepped after
 the hand update. In the speed mode, when no callback listens to the per-step hooks, steps are taken
-`bare` (torch's backward and step) and counted by bare_steps.py. A step object is given what it
-uses: the parameters, the loss, the optimizer, the guard.
+`bare` (torch's backward and step) and counted by `count_step` (bare_steps.py says why, and checks before the run
+that this Lightning still counts them). A step object is given what it uses: the parameters, the loss, the
+optimizer, the guard, the DDP average (at the end of this file).
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from softmax_lab.maths.functional import loss_grads, sgd_update
 from softmax_lab.maths.sgd import clip_
-from softmax_lab.steps.bare_steps import count_step
 
 
 @dataclass(frozen=True)
@@ -44,12 +46,19 @@ def window_mean(losses: list[torch.Tensor]) -> torch.Tensor:
     return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
 
+def count_step(optimizer) -> None:
+    """Advance trainer.global_step by one SGD step taken with the torch optimizer (or by hand): the speed mode's one
+    use of Lightning's private API (bare_steps.py says why, and refuses a Lightning without it)."""
+    optimizer._on_before_step()
+    optimizer._on_after_step()
+
+
 class HandSteps(ABC):
     """One impl's SGD steps: `minibatch(X, y, last_of_epoch)` per minibatch.
 
-    optimizer: Lightning's wrapper of the optimizer; average(loss, grads): the DDP average (steps/replicas.py);
+    optimizer: Lightning's wrapper of the optimizer; average(loss, grads): the DDP average (`averager`);
     guard: the divergence guard; after_step(loss): called after each step with its (window's) loss; bare: take
-    the steps outside Lightning's wrapper (the speed mode, bare_steps.py)."""
+    the steps outside Lightning's wrapper (the speed mode, `count_step`)."""
 
     def __init__(self, rules: StepRules, optimizer, average, guard, after_step: Callable[[torch.Tensor], None],
                  bare: bool = False):
@@ -223,3 +232,50 @@ class LightningSteps:
         if self._taken is not None:  # not after a minibatch that only accumulated
             self.after_step(self._taken)
             self._taken = None
+
+
+# DDP without DistributedDataParallel: replicas identical by construction, gradients averaged by hand.
+# impl=scratch has no autograd parameters, which DistributedDataParallel refuses, and the speed mode takes several
+# backward passes per forward, which it does not expect. Under softmax_lab's DDP strategy (trainer/ddp_strategy.py)
+# the module therefore broadcasts rank 0's parameters when fitting starts and averages each SGD step's gradients
+# and loss itself, in one all-reduce: the replicas take the same steps, and every process sees the same loss, so a
+# divergence stops all of them at one step. Under Lightning's own DDP (impl=nn, one minibatch per step) the wrapper
+# averages the gradients and only the loss is averaged here.
+
+Averager = Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor]
+
+
+def wrapped_by_ddp(trainer) -> bool:
+    """Whether Lightning wrapped the module in DistributedDataParallel (which averages the gradients)."""
+    return isinstance(trainer.strategy.model, DistributedDataParallel)
+
+
+def broadcast_parameters(trainer, params: list[torch.Tensor]) -> None:
+    """Copy rank 0's values into every replica's parameters (no-op on one process)."""
+    if trainer.world_size == 1:
+        return
+    values = trainer.strategy.broadcast([p.detach().cpu() for p in params], src=0)
+    with torch.no_grad():
+        for p, v in zip(params, values, strict=True):
+            p.copy_(v.to(p.device, p.dtype))
+
+
+def average_loss_and_grads(strategy, loss: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor:
+    """Average `loss` and, in place, `grads` across processes in one all-reduce; return the mean loss."""
+    flat = torch.cat([loss.detach().reshape(1).to(grads[0].dtype if grads else loss.dtype),
+                      *(g.reshape(-1) for g in grads)])
+    flat = strategy.reduce(flat, reduce_op="mean")
+    for g, mean in zip(grads, flat[1:].split([g.numel() for g in grads]), strict=True):
+        g.copy_(mean.view_as(g))
+    return flat[0]
+
+
+def averager(trainer) -> Averager:
+    """(loss, grads) -> the loss averaged across processes, the grads averaged in place: nothing on one process,
+    the loss only where DistributedDataParallel averages the gradients itself."""
+    if trainer.world_size == 1:
+        return lambda loss, grads: loss
+    strategy = trainer.strategy
+    if wrapped_by_ddp(trainer):
+        return lambda loss, grads: average_loss_and_grads(strategy, loss, [])
+    return lambda loss, grads: average_loss_and_grads(strategy, loss, grads)

@@ -31,9 +31,17 @@ from softmax_lab.maths.softmax_regression import ScratchSoftmaxRegression, make_
 from softmax_lab.steps.bare_steps import step_hooks_in_use
 from softmax_lab.steps.divergence import DivergenceGuard, likely_cause
 from softmax_lab.steps.eval_hooks import EvalHooks
-from softmax_lab.steps.hand_steps import FuncSteps, LightningSteps, NNSteps, ScratchSteps, StepRules
-from softmax_lab.steps.replicas import averager, broadcast_parameters, wrapped_by_ddp
-from softmax_lab.steps.train_totals import TrainTotals
+from softmax_lab.steps.hand_steps import (
+    FuncSteps,
+    LightningSteps,
+    NNSteps,
+    ScratchSteps,
+    StepRules,
+    averager,
+    broadcast_parameters,
+    wrapped_by_ddp,
+)
+from softmax_lab.steps.train_totals import TrainTotals, log_step_losses
 
 DEFAULT_LOSS = {"_target_": "softmax_lab.maths.losses.CrossEntropy"}
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.SGD", "lr": 0.1}
@@ -155,9 +163,7 @@ class SoftmaxRegressionModule(EvalHooks, pl.LightningModule):
 
     def log_divergence(self, curve: list[tuple[int, float]]) -> None:
         """The losses up to a divergence, as train/loss_step at their steps: the failed run shows its blow-up."""
-        for logger in self.loggers:
-            for step, loss in curve:
-                logger.log_metrics({"train/loss_step": loss}, step=step)
+        log_step_losses(self.loggers, curve)
 
     def on_train_epoch_start(self) -> None:
         self.totals.reset(self.device)

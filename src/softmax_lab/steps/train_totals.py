@@ -1,4 +1,5 @@
-"""The training split's running loss and accuracy, and the step losses to log, kept on the training device.
+"""The training split's running loss and accuracy, and the step losses to log, kept on the training device: the one
+owner of train/loss, train/acc and train/loss_step.
 
 A read from the device waits for it (a host sync on an accelerator), so nothing here is read per
 step: the sums are read once per epoch (`sums`), the step losses once per epoch or checkpoint
@@ -56,3 +57,10 @@ class TrainTotals:
         steps, values = zip(*self.step_losses, strict=True)
         self.step_losses = []
         return list(zip(steps, torch.stack([v.float() for v in values]).tolist(), strict=True))
+
+
+def log_step_losses(loggers, losses: list[tuple[int, float]]) -> None:
+    """Each (step, loss) as train/loss_step at its step, to every logger."""
+    for step, loss in losses:
+        for logger in loggers:
+            logger.log_metrics({"train/loss_step": loss}, step=step)

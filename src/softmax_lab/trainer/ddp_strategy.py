@@ -3,7 +3,7 @@
 Lightning's DDP (process launch, process group, metric sync, rank-0 logging and checkpointing) is
 kept whole; only the wrapper goes, because it refuses impl=scratch (no parameter requires a
 gradient) and expects one backward per forward, which the speed mode breaks. The module keeps the
-replicas identical itself: see steps/replicas.py. `trainer=ddp` and `trainer=ddp_cpu` select it.
+replicas identical itself: see steps/hand_steps.py. `trainer=ddp` and `trainer=ddp_cpu` select it.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ import time
 import pytorch_lightning as pl
 import torch
 
+from softmax_lab.steps.train_totals import log_step_losses
+
 
 class EpochClock:
     """Seconds of training work in an epoch. Waits for the device at its edges only."""
@@ -80,9 +82,7 @@ class EpochRecorder(pl.Callback):
                              **pl_module.last_val})
 
     def write_step_losses(self, pl_module) -> None:
-        for step, loss in pl_module.totals.take_step_losses():
-            for logger in pl_module.loggers:
-                logger.log_metrics({"train/loss_step": loss}, step=step)
+        log_step_losses(pl_module.loggers, pl_module.totals.take_step_losses())
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         self.write_step_losses(pl_module)  # the store holds what the checkpoint's run measured (tracking/logger.py)
