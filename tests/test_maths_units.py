@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from softmax_lab.maths.losses import CrossEntropy
+from softmax_lab.maths.losses import LOSSES, CrossEntropy, name_of
 from softmax_lab.maths.sgd import clip_
 from softmax_lab.maths.sharpness import full_batch_loss, top_eigenpair, top_eigenvalue
 
@@ -228,3 +228,10 @@ def test_scratch_sgd_is_plain_momentum_by_default_as_torch():
         ref.grad = g.clone()
         torch_sgd.step()
     torch.testing.assert_close(p, ref.detach(), rtol=0, atol=1e-7)
+
+
+def test_a_loss_class_path_gives_its_loss_name():
+    for name, cls in LOSSES.items():
+        assert name_of(f"{cls.__module__}.{cls.__name__}") == name
+        assert name_of(cls.__name__) == name  # a bare class name
+    assert name_of("my_losses.focal.Focal") == "focal"  # a class of the user's own: its name, lower case
